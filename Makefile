@@ -1,0 +1,41 @@
+# mlx-lm-kvq: pristine mlx-lm 0.32.2 + patches/ (see CONTRIBUTING.md).
+PYTHON ?= python3
+VENV   := .venv
+RUN    := tools/run
+PYTEST_ARGS ?=
+
+.PHONY: demo test materialize patches check-patches venv models bench clean
+
+# Set up, then run the main job on the embedded default model.
+demo: venv models
+	$(RUN) tools/demo.sh
+
+# Set up, then run the fork's tests and upstream's suite, offline.
+test: venv models
+	$(RUN) python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+materialize:
+	$(PYTHON) tools/patchq.py materialize $(if $(FORCE),--force)
+
+patches:
+	$(PYTHON) tools/patchq.py export
+
+check-patches: venv
+	$(RUN) python tools/patchq.py check
+
+venv: $(VENV)/.stamp materialize
+$(VENV)/.stamp: setup.py pyproject.toml tools/requirements-dev.txt tools/setup-env.sh patches/series
+	PYTHON=$(PYTHON) tools/setup-env.sh
+	touch $@
+
+# The default model (SmolLM2-135M-Instruct, float32) and the offline
+# stand-ins for upstream's hub models; both cached in ~/.cache/mlx-lm-kvq.
+models: venv
+	$(RUN) python tools/convert_smollm2.py
+	$(RUN) python tools/offline_hub.py
+
+bench: venv models
+	$(RUN) python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .queue mlx_lm tests build dist *.egg-info
