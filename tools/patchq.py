@@ -378,8 +378,13 @@ def main():
         elif args.cmd == "build":
             build(args.dest)
         elif args.cmd == "git":
+            extra = args.args
+            # The repo's .gitignore hides mlx_lm/ and tests/ from this git
+            # too: adding named files needs -f (never for "add -A" or ".").
+            if extra[:1] == ["add"] and not {"-A", "--all", ".", "-u"} & set(extra):
+                extra = ["add", "-f", *extra[1:]]
             p = subprocess.run(
-                ["git", f"--git-dir={QGIT}", f"--work-tree={ROOT}", *args.args],
+                ["git", f"--git-dir={QGIT}", f"--work-tree={ROOT}", *extra],
                 cwd=ROOT, env={**os.environ, **GIT_ENV},
             )
             return p.returncode
