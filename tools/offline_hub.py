@@ -25,8 +25,9 @@ The hub layout is the one huggingface_hub writes: ``models--ORG--NAME`` with
 ``blobs/``, ``refs/main`` and ``snapshots/<commit>/`` (relative symlinks), so
 ``snapshot_download(repo, local_files_only=True)`` and ``HF_HUB_OFFLINE=1``
 find it. The cache location is resolved as huggingface_hub does
-(``HF_HUB_CACHE``, else ``$HF_HOME/hub``). A marker file records what was
-built; a second run with the same inputs does nothing.
+(``HF_HUB_CACHE``, else ``$HF_HOME/hub``). A marker file
+(``.locks/mlx-lm-kvq/offline-hub.json`` in the hub cache) records what was
+built from which inputs; a second run with the same inputs does nothing.
 
 Usage:
     python tools/offline_hub.py [--hub-cache DIR] [--force] [--check] [--list]
@@ -49,8 +50,11 @@ from pathlib import Path
 
 # Bump when the stand-ins change, so old caches get rebuilt.
 FORMAT_VERSION = "1"
-MARKER = ".mlx-lm-kvq-offline-hub.json"
-LOCK = ".mlx-lm-kvq-offline-hub.lock"
+# Marker and lock live under the hub cache's .locks/, which huggingface_hub's
+# cache scan skips.
+STATE_DIR = Path(".locks") / "mlx-lm-kvq"
+MARKER = "offline-hub.json"
+LOCK = "offline-hub.lock"
 # Written inside every models--*/datasets cache dir this tool owns, so a
 # real download is never overwritten.
 STAMP = ".mlx-lm-kvq-standin"
@@ -448,6 +452,20 @@ def repo_folder(hub_cache, repo_id, repo_type="model"):
     return Path(hub_cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
 
 
+def conversion_in_progress(path, idle=300):
+    """A temporary output dir of convert_smollm2 next to path that changed in
+    the last ``idle`` seconds (an older one is left over from a killed run)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            latest = max(p.stat().st_mtime for p in [tmp, *tmp.iterdir()])
+        except OSError:
+            continue
+        if now - latest < idle:
+            return tmp
+    return None
+
+
 def ensure_smollm2(path, wait):
     """Return the SmolLM2 directory, converting it first if it is missing.
 
@@ -460,10 +478,10 @@ def ensure_smollm2(path, wait):
     path = Path(path)
     deadline = time.monotonic() + wait
     while not convert_smollm2.is_complete(path):
-        busy = list(path.parent.glob(f".{path.name}.tmp-*"))
+        busy = conversion_in_progress(path)
         if not busy or time.monotonic() > deadline:
             break
-        log(f"waiting for the SmolLM2 conversion in progress ({busy[0]})")
+        log(f"waiting for the SmolLM2 conversion in progress ({busy})")
         time.sleep(2)
     if not convert_smollm2.is_complete(path):
         log(f"converting SmolLM2 into {path}")
@@ -506,7 +524,7 @@ def build_key(smollm2):
 def read_marker(hub_cache):
     """The marker of the last build, or None."""
     try:
-        return json.loads((Path(hub_cache) / MARKER).read_text())
+        return json.loads((Path(hub_cache) / STATE_DIR / MARKER).read_text())
     except (OSError, ValueError):
         return None
 
@@ -1060,9 +1078,9 @@ def build_all(hub_cache, datasets_cache, smollm2, key, force):
                 dsets[spec["repo"]] = rel
                 log(f"dataset {spec['repo']} ({time.perf_counter() - start:.1f}s)")
     marker = {"key": key, "repos": repos, "datasets": dsets}
-    tmp = Path(hub_cache) / (MARKER + ".tmp")
+    tmp = Path(hub_cache) / STATE_DIR / (MARKER + ".tmp")
     write_json(tmp, marker)
-    os.replace(tmp, Path(hub_cache) / MARKER)
+    os.replace(tmp, Path(hub_cache) / STATE_DIR / MARKER)
     return marker
 
 
@@ -1134,10 +1152,10 @@ def main(argv=None):
         log(f"{hub_cache}: {'up to date' if ok else 'needs a build'}")
         return 0 if ok else 1
 
-    hub_cache.mkdir(parents=True, exist_ok=True)
+    (hub_cache / STATE_DIR).mkdir(parents=True, exist_ok=True)
     smollm2 = ensure_smollm2(smollm2, args.wait)
     key = build_key(smollm2)
-    with open(hub_cache / LOCK, "w") as lock:
+    with open(hub_cache / STATE_DIR / LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not args.force and is_up_to_date(hub_cache, datasets_cache, key):
             log(f"up to date: {hub_cache}")
