@@ -741,7 +741,7 @@ def qwen2_weights(cfg, seed):
     Random attention/MLP weights are kept small and the output head is a
     row permutation of the embedding, so the model mostly predicts a fixed
     permutation of the last token with a clear margin: greedy decoding is
-    stable under float16, 4-bit and KV-quantization noise, as with a real
+    stable under 4-bit and KV-quantization noise, as with a real
     model, and the generated text is not a single repeated token.
     """
     import numpy as np
