@@ -11,5 +11,6 @@ $license
 
 Explain in plain words what this license allows and what it requires. Then write a short example of how a company could use software under this license."
 set -x
-mlx_lm.generate --model "$model" --max-kv-size 256 --max-tokens 320 \
+mlx_lm.generate --model "$model" --max-kv-size 256 --kv-bits 8,4 --quantized-kv-start 0 \
+  --max-tokens 320 \
   --temp 0.7 --top-p 0.9 --seed 1 --prompt "$prompt"
