@@ -31,6 +31,7 @@ PATCHES = ROOT / "patches"
 QUEUE = ROOT / ".queue"
 QGIT = QUEUE / "git"
 STATE = QUEUE / "state.json"
+PRISTINE = QUEUE / "pristine"
 TREES = ("mlx_lm", "tests")
 
 UPSTREAM = "mlx-lm==0.32.2"
@@ -215,6 +216,8 @@ def save_state():
 
 
 def materialize(force=False):
+    if QGIT.exists() and not PRISTINE.exists():
+        unpack(fetch_sdist(), PRISTINE, members=("mlx_lm",))
     if QGIT.exists():
         state = load_state()
         if state.get("patches") == patches_digest():
@@ -242,6 +245,9 @@ def materialize(force=False):
         )
     QUEUE.mkdir(exist_ok=True)
     init_queue(QGIT, ROOT, fetch_sdist())
+    # A pristine copy: tests compare with files upstream's code writes
+    shutil.rmtree(PRISTINE, ignore_errors=True)
+    unpack(fetch_sdist(), PRISTINE, members=("mlx_lm",))
     for name in series():
         am(PATCHES / name, QGIT, ROOT)
     save_state()
