@@ -1,0 +1,173 @@
+"""Perplexity of the default model through each KV cache setting."""
+
+import contextlib
+import io
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import label, license_text, load_model, log
+
+BITS = [(8, 8), (8, 4), (4, 8), (4, 4), (4, 2)]
+BOUNDED_BITS = [None, (8, 8), (8, 4)]
+
+
+def plan(quick):
+    if quick:
+        return dict(seq=128, windows=3, chunk=64, groups=[64, 32],
+                    bseq=256, bwindows=2, bsizes=[64, 128])
+    return dict(seq=512, windows=12, chunk=64, groups=[64, 32],
+                bseq=1024, bwindows=4, bsizes=[256, 512])
+
+
+def window_stats(model, data, cache_args):
+    """Per-window (mean NLL, NLL standard deviation) through ``eval_ppl``."""
+    from mlx_lm.perplexity import eval_ppl
+
+    n = data.shape[1] - 1
+    out = []
+    for i in range(data.shape[0]):
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+            ppl, se = eval_ppl(model, data[i : i + 1], 1, cache_args=cache_args)
+        out.append((math.log(ppl), se / ppl * math.sqrt(n)))
+    return out
+
+
+def summarize(windows, n, ref=None):
+    """
+    ppl and its standard error over all tokens (as ``eval_ppl`` would give
+    on the whole set), and, against ``ref`` (same windows), the % change
+    with a paired standard error over windows.
+    """
+    W = len(windows)
+    N = n * W
+    means = [m for m, _ in windows]
+    mean = sum(means) / W
+    ss = sum((n - 1) * s * s for _, s in windows) + n * sum((m - mean) ** 2 for m in means)
+    sd = math.sqrt(ss / (N - 1))
+    ppl = math.exp(mean)
+    row = {"ppl": ppl, "se": ppl * sd / math.sqrt(N), "nll": mean, "windows": W,
+           "tokens": N}
+    if ref is not None:
+        d = [a[0] - b[0] for a, b in zip(windows, ref)]
+        dm = sum(d) / W
+        dse = math.sqrt(sum((x - dm) ** 2 for x in d) / (W - 1) / W) if W > 1 else None
+        row["delta_pct"] = 100 * (math.exp(dm) - 1)
+        row["delta_se_pct"] = 100 * math.exp(dm) * dse if dse is not None else None
+    return row
+
+
+# Time of a quantized pass relative to a float one (measured ~1.3-1.8x;
+# on the high side, so a loaded machine does not overrun the budget).
+QUANT_COST = 1.8
+
+
+def choose_windows(p, sec_per_token, budget):
+    """
+    The most windows (up to the plan's) whose passes fit ``budget`` seconds,
+    at least 3 of ``seq`` tokens and 1 of ``bseq`` tokens.
+    """
+    n_quant = len(BITS) * len(p["groups"])
+    n_bq = sum(b is not None for b in BOUNDED_BITS) * len(p["bsizes"])
+    n_bf = 1 + len(p["bsizes"])
+
+    def cost(w, wb):
+        return sec_per_token * (
+            w * (p["seq"] - 1) * (1 + QUANT_COST * n_quant)
+            + wb * (p["bseq"] - 1) * (n_bf + QUANT_COST * n_bq))
+
+    best = (min(3, p["windows"]), 1)
+    for w in range(best[0], p["windows"] + 1):
+        wb = max(1, min(p["bwindows"], round(w * p["bwindows"] / p["windows"])))
+        if cost(w, wb) <= budget:
+            best = (w, wb)
+    return best, cost(*best)
+
+
+def run(quick=False, budget=None):
+    from mlx_lm.perplexity import load_data
+
+    p = plan(quick)
+    model, tokenizer = load_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "licenses.txt"
+        path.write_text(license_text())
+        data = load_data(tokenizer, str(path), p["windows"], p["seq"])
+        bdata = load_data(tokenizer, str(path), p["bwindows"], p["bseq"])
+    log(f"quality: {data.shape[0]} windows of {p['seq']}, "
+        f"{bdata.shape[0]} windows of {p['bseq']} for bounded caches")
+
+    def args(bits, group, max_kv=None):
+        return {"chunk_size": p["chunk"], "max_kv_size": max_kv, "kv_bits": bits,
+                "kv_group_size": group, "quantized_kv_start": 0}
+
+    rows = []
+
+    def measure(section, bits, group, max_kv, d, ref, before=()):
+        t = time.perf_counter()
+        w = list(before) + window_stats(model, d, args(bits, group, max_kv))
+        dt = time.perf_counter() - t
+        row = summarize(w, d.shape[1] - 1, ref)
+        row.update(section=section, setting=label(bits, group),
+                   bits=list(bits) if bits else None, group=group if bits else None,
+                   max_kv_size=max_kv, seq=d.shape[1], seconds=round(dt, 1),
+                   window_nll=[m for m, _ in w])
+        if ref is not None:
+            row["delta_vs"] = "float" if max_kv is None else "float, same max_kv_size"
+        rows.append(row)
+        extra = (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
+                 if ref else "")
+        log(f"  {section} {row['setting']}"
+            f"{'' if max_kv is None else f' max_kv_size={max_kv}'}: "
+            f"ppl {row['ppl']:.3f} ± {row['se']:.3f}{extra} [{dt:.0f}s]")
+        return w
+
+    t = time.perf_counter()
+    if budget and not quick:
+        # Time one float window, then take as many windows as the budget allows.
+        t = time.perf_counter()
+        first = window_stats(model, data[:1], args(None, 64))
+        spt = (time.perf_counter() - t) / (p["seq"] - 1)
+        (w, wb), est = choose_windows(p, spt, budget - (time.perf_counter() - t))
+        if (w, wb) != (p["windows"], p["bwindows"]):
+            log(f"  budget {budget / 60:.1f} min at {1 / spt:.0f} tok/s: {w} windows of "
+                f"{p['seq']} (planned {p['windows']}), {wb} of {p['bseq']} "
+                f"(planned {p['bwindows']}), est. {est / 60:.1f} min")
+        p.update(planned_windows=p["windows"], planned_bwindows=p["bwindows"],
+                 windows=w, bwindows=wb, float_tok_per_s=1 / spt,
+                 budget_seconds=round(budget))
+        data, bdata = data[:w], bdata[:wb]
+        ref = measure("unbounded", None, 64, None, data[1:], None, first)
+    else:
+        ref = measure("unbounded", None, 64, None, data, None)
+    # Group 64 first (the default and the DESIGN.md comparison), then 32.
+    for group in p["groups"]:
+        for bits in BITS:
+            measure("unbounded", bits, group, None, data, ref)
+    if budget and not quick:
+        # Re-fit the bounded windows to what is left of the budget, from the
+        # speed the unbounded passes actually had (the load may have changed).
+        spent = time.perf_counter() - t
+        n_unb = 1 + len(BITS) * len(p["groups"])
+        per_pass_token = spent / (n_unb * data.shape[0] * (p["seq"] - 1))
+        n_bounded = 1 + len(BOUNDED_BITS) * len(p["bsizes"])
+        fit = int((budget - spent) / (per_pass_token * n_bounded * (p["bseq"] - 1)))
+        wb = max(1, min(bdata.shape[0], fit))
+        if wb < bdata.shape[0]:
+            log(f"  {(budget - spent) / 60:.1f} min left: {wb} bounded windows of {p['bseq']}")
+            bdata = bdata[:wb]
+            p["bwindows"] = wb
+    bref = measure("bounded", None, 64, None, bdata, None)
+    for max_kv in p["bsizes"]:
+        fref = None
+        for bits in BOUNDED_BITS:
+            w = measure("bounded", bits, 64, max_kv, bdata, fref)
+            if bits is None:
+                fref = w
+        # The bounded float row: vs the unbounded float cache, same windows.
+        fb = summarize(fref, bdata.shape[1] - 1, bref)
+        frow = rows[-len(BOUNDED_BITS)]
+        frow.update(delta_pct=fb["delta_pct"], delta_se_pct=fb["delta_se_pct"],
+                    delta_vs="float unbounded")
+    return {"plan": p, "rows": rows}
