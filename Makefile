@@ -4,7 +4,7 @@ VENV   := .venv
 RUN    := tools/run
 PYTEST_ARGS ?=
 
-.PHONY: demo test materialize patches check-patches venv models offline-hub bench clean
+.PHONY: demo test materialize patches check-patches venv models offline-hub compare-upstream bench clean
 
 # Set up, then run the main job on the embedded default model.
 demo: venv models
@@ -39,6 +39,10 @@ models: venv
 
 offline-hub: models
 	$(RUN) python tools/offline_hub.py >/dev/null
+
+# Upstream's suite on pristine 0.32.2 and on the fork; fails on a regression.
+compare-upstream: venv offline-hub
+	$(RUN) python tools/compare_upstream.py
 
 bench: venv models
 	$(RUN) python benchmarks/run.py
