@@ -48,6 +48,9 @@ import time
 import zlib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from patchq import sha256 as file_sha256  # noqa: E402
+
 # Bump when the stand-ins change, so old caches get rebuilt.
 FORMAT_VERSION = "1"
 # Marker and lock live under the hub cache's .locks/, which huggingface_hub's
@@ -489,15 +492,6 @@ def ensure_smollm2(path, wait):
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path}/tokenizer.json is missing")
     return path
-
-
-def file_sha256(path):
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_versions():
