@@ -5,14 +5,16 @@ import time
 from bench_common import HEAD_DIM, KV_HEADS, LAYERS, license_text, load_model, log, median
 
 KEEP = 4
-# (name, (key bits, value bits) or None, bounded)
+# (name, (key bits, value bits) or None, bounded, Hadamard-rotated)
 SETTINGS = [
-    ("float", None, False),
-    ("float bounded", None, True),
-    ("K8V8", (8, 8), False),
-    ("K8V8 bounded", (8, 8), True),
-    ("K8V4", (8, 4), False),
-    ("K8V4 bounded", (8, 4), True),
+    ("float", None, False, False),
+    ("float bounded", None, True, False),
+    ("K8V8", (8, 8), False, False),
+    ("K8V8 bounded", (8, 8), True, False),
+    ("K8V4", (8, 4), False, False),
+    ("K8V4 bounded", (8, 4), True, False),
+    ("K8V4 rotated", (8, 4), False, True),
+    ("K8V4 rotated bounded", (8, 4), True, True),
 ]
 
 
@@ -24,7 +26,7 @@ def plan(quick):
                 prefill=[1024, 4096], prefill_rounds=2)
 
 
-def build_cache(bits, bounded, n):
+def build_cache(bits, bounded, n, rotate=False):
     """
     A 30-layer cache holding ``n`` synthetic float32 positions: unbounded, or
     a rotating cache of ``max_size = n`` that has wrapped (filled with ``n``
@@ -43,9 +45,9 @@ def build_cache(bits, bounded, n):
     for _ in range(LAYERS):
         if bounded:
             c = (RotatingKVCache(n, KEEP) if bits is None
-                 else QuantizedRotatingKVCache(n, KEEP, 64, bits))
+                 else QuantizedRotatingKVCache(n, KEEP, 64, bits, rotate))
         else:
-            c = KVCache() if bits is None else QuantizedKVCache(64, bits)
+            c = KVCache() if bits is None else QuantizedKVCache(64, bits, rotate)
         k = mx.random.normal((1, KV_HEADS, n, HEAD_DIM))
         v = mx.random.normal((1, KV_HEADS, n, HEAD_DIM))
         c.update_and_fetch(k, v)
@@ -92,7 +94,8 @@ def decode_speed(model, contexts, sweeps, budget=None):
     for i, n in enumerate(contexts):
         t0 = time.perf_counter()
         ctx_budget = budget * weights[i] / sum(weights) if budget else None
-        caches = {name: build_cache(bits, bounded, n) for name, bits, bounded in SETTINGS}
+        caches = {name: build_cache(bits, bounded, n, rot)
+                  for name, bits, bounded, rot in SETTINGS}
         sizes = {name: sum(c.nbytes for c in cs) for name, cs in caches.items()}
         tps = {name: [] for name in caches}
         names = list(caches)
@@ -124,6 +127,7 @@ def decode_speed(model, contexts, sweeps, budget=None):
         spread = {name: quartiles(v) for name, v in per_sweep.items()}
         bq = median([a / b for a, b in zip(tps["K8V4 bounded"], tps["K8V4"])])
         bf = median([a / b for a, b in zip(tps["float bounded"], tps["float"])])
+        rot = median([a / b for a, b in zip(tps["K8V4 rotated"], tps["K8V4"])])
         row = {
             "context": n, "sweeps": target - 2, "tok_per_s": tps, "median_tok_per_s":
             {k: median(v) for k, v in tps.items()}, "ratio_vs_float": ratios,
@@ -131,12 +135,16 @@ def decode_speed(model, contexts, sweeps, budget=None):
             "k8v4_bounded_vs_unbounded": bq,
             "k8v4_bounded_vs_unbounded_quartiles": quartiles(
                 [a / b for a, b in zip(tps["K8V4 bounded"], tps["K8V4"])]), "float_bounded_vs_unbounded": bf,
+            "k8v4_rotated_vs_plain": rot,
+            "k8v4_rotated_vs_plain_quartiles": quartiles(
+                [a / b for a, b in zip(tps["K8V4 rotated"], tps["K8V4"])]),
             "cache_bytes": sizes, "seconds": round(time.perf_counter() - t0, 1),
         }
         out.append(row)
         log(f"  decode @{n}: float {row['median_tok_per_s']['float']:.1f} tok/s; "
             + ", ".join(f"{k} x{v:.2f}" for k, v in ratios.items() if k != "float")
-            + f"; K8V4 bounded/unbounded x{bq:.3f} [{row['seconds']:.0f}s]")
+            + f"; K8V4 bounded/unbounded x{bq:.3f}, rotated/plain x{rot:.3f} "
+            f"[{row['seconds']:.0f}s]")
         del caches
         mx.clear_cache()
     return out
