@@ -4,7 +4,7 @@ import datetime
 import math
 from pathlib import Path
 
-from bench_common import load_json, log
+from bench_common import DOCS, ROOT, load_json, log
 
 # DESIGN.md section 9 (SmolLM2 float32, upstream 0.32.2 math, 12 windows of 512, g64).
 DESIGN9 = {"float": 23.61, "K8V8": 0.07, "K8V4": 1.93, "K4V8": 18.3, "K4V4": 20.3}
@@ -688,6 +688,8 @@ def advice(q, m, s):
         if c < 10:
             return (f"When memory is tight: {_pct(c)} with rotation for {m16} of a float16 "
                     "cache; never without rotation (4-bit keys lose their outlier channels).")
+        if cost(name) is None:
+            return f"Not recommended unrotated ({_pct(c)}); rotated not measured."
         return f"Not recommended: {_pct(c)} even with rotation."
 
     rows = []
@@ -815,4 +817,22 @@ def write(out):
     bdir.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text("\n".join(lines))
     (bdir / "readme-table.md").write_text("\n".join(adv))
+    if out.resolve() == DOCS.resolve():
+        update_readme(adv)
     log(f"wrote {out / 'benchmarks.md'} and {bdir / 'readme-table.md'}")
+
+
+README_MARKERS = ("<!-- bench:table -->", "<!-- /bench:table -->")
+
+
+def update_readme(table):
+    """Put the "which setting" table between the README's markers."""
+    path = ROOT / "README.md"
+    text = path.read_text()
+    start, end = (text.find(m) for m in README_MARKERS)
+    if start < 0 or end < start:
+        log("README.md has no bench:table markers; table not updated")
+        return
+    start += len(README_MARKERS[0])
+    path.write_text(text[:start] + "\n" + "\n".join(table).rstrip() + "\n" + text[end:])
+    log("updated the table in README.md")
