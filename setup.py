@@ -28,6 +28,11 @@ project = tomllib.loads(patchq.upstream_pyproject())["project"]
 
 # Upstream pulls mlx only on macOS; Linux needs a backend. Plain installs get
 # the CPU one; set MLX_LM_KVQ_BACKEND=none when installing a CUDA extra.
+# Upstream's console scripts, and one per command a patch adds.
+scripts = dict(project["scripts"])
+if (ROOT / "mlx_lm" / "kv_plan.py").exists():
+    scripts["mlx_lm.kv_plan"] = "mlx_lm.kv_plan:main"
+
 requires = list(project["dependencies"])
 if os.environ.get("MLX_LM_KVQ_BACKEND", "cpu") == "cpu":
     requires.append("mlx[cpu]>=0.32.2; platform_system == 'Linux'")
@@ -56,8 +61,6 @@ setup(
     package_data={"mlx_lm": ["*.md", "py.typed"]},
     install_requires=requires,
     extras_require=project["optional-dependencies"],
-    entry_points={
-        "console_scripts": [f"{k} = {v}" for k, v in project["scripts"].items()]
-    },
+    entry_points={"console_scripts": [f"{k} = {v}" for k, v in scripts.items()]},
     cmdclass={"build_py": BuildPy},
 )
