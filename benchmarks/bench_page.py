@@ -4,6 +4,7 @@ import datetime
 import math
 from pathlib import Path
 
+import bench_server
 from bench_common import DOCS, ROOT, load_json, log
 
 # DESIGN.md section 9 (SmolLM2 float32, upstream 0.32.2 math, 12 windows of 512, g64).
@@ -793,22 +794,27 @@ def summary(q, m, s):
 def write(out):
     out = Path(out)
     bdir = out / "benchmarks"
-    parts = {name: load_json(bdir, name) for name in ("quality", "memory", "speed", "profile")}
-    q, m, s, pr = (parts[k] for k in ("quality", "memory", "speed", "profile"))
+    names = ("quality", "memory", "speed", "server", "profile")
+    parts = {name: load_json(bdir, name) for name in names}
+    q, m, s, sv, pr = (parts[k] for k in names)
     adv = advice(q, m, s)
     lines = header(parts)
     lines += summary(q, m, s)
+    if sv:
+        lines.insert(len(lines) - 1, "- " + bench_server.summary_line(sv))
     lines += ["## Which setting should I use", ""] + adv
     lines += quality_section(q, out)
     lines += memory_section(m, out)
     lines += speed_section(s, out, pr)
+    if sv:
+        lines += bench_server.page_section(sv, out).rstrip("\n").split("\n") + [""]
     lines += profile_section(pr)
     lines += [
         "## Reproduce",
         "",
         "```",
         "make bench                                  # all parts (tools/run python benchmarks/run.py)",
-        "tools/run python benchmarks/run.py speed    # one part: quality | memory | speed | profile",
+        "tools/run python benchmarks/run.py speed    # one part: quality | memory | speed | server | profile",
         "tools/run python benchmarks/run.py page     # this page from docs/benchmarks/*.json",
         "tools/run python benchmarks/run.py --quick  # smoke run (to /tmp/mlx-lm-kvq-bench-quick)",
         "```",

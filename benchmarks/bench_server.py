@@ -62,15 +62,14 @@ QUESTIONS = [
     "Give me advice on learning to play the piano as an adult beginner with half an hour "
     "a day: what to practise first, how to read music, and how to stay motivated.",
 ]
-# Budget model, measured on the loaded 2-core machine: a single request of T
-# tokens takes w16 * (FIXED + (1 - FIXED) * T / 16), w16 the time of one of
-# 16 tokens (about half of it prompt processing and overhead); 4 and 8
-# concurrent requests take up to 2x and 2.6x one alone.
+# Budget: the first server times one request and 8 concurrent ones of 16
+# tokens; a request or batch of T tokens is assumed to take FIXED of that
+# (prompt processing, overhead) plus the rest scaled by T / 16, and 4
+# streams the mean of 1 and 8. (Completion tokens per request, requests
+# sent one at a time for 1 stream), preferred first: the first whose round
+# fits is used.
 FIXED = 0.5
-BATCH_COST = {4: 2.0, 8: 2.6}
-# (completion tokens per request, requests sent one at a time), preferred
-# first: the first that fits the budget is used.
-CHOICES = [(96, 8), (96, 4), (64, 4), (64, 2), (48, 2), (32, 2), (32, 1)]
+CHOICES = [(96, 8), (96, 4), (64, 4), (64, 2), (48, 2), (32, 2), (32, 1), (16, 1)]
 
 
 def plan(quick):
@@ -219,14 +218,13 @@ def tps(run):
 # ---------------------------------------------------------------- measure
 
 
-def choose(quick, p, w16, n_settings, left):
-    """(tokens, requests one at a time) fitting ``left`` seconds."""
-    if quick or left is None:
-        return p["max_tokens"], p["sequential"]
+def choose(one16, eight16, n_settings, left):
+    """(tokens, requests one at a time) of the first choice whose round fits."""
 
     def cost(t, k):
-        single = w16 * (FIXED + (1 - FIXED) * t / 16)
-        return n_settings * single * (k + sum(BATCH_COST.values()))
+        scale = FIXED + (1 - FIXED) * t / 16
+        one, eight = one16 * scale, eight16 * scale
+        return n_settings * (k * one + (one + eight) / 2 + eight)
 
     for t, k in CHOICES:
         if cost(t, k) <= left:
@@ -316,8 +314,9 @@ def run(quick=False, budget=None):
         log(f"server: up in {start_seconds:.0f}s")
 
         # Warm up with a one-token request (the first one a server answers
-        # takes seconds longer); time a 16-token request for the budget
-        w16 = None
+        # takes seconds longer); time 1 and 8 requests of 16 tokens on the
+        # first server for the budget
+        calib = None
         for name in names:
             if name in failed:
                 continue
@@ -325,19 +324,22 @@ def run(quick=False, budget=None):
             try:
                 t = time.perf_counter()
                 send(port, QUESTIONS[-1:], 1, False)
-                if w16 is None and not quick:
-                    w16 = send(port, QUESTIONS[-1:], 16, False)["seconds"]
+                if calib is None and budget:
+                    calib = [
+                        send(port, QUESTIONS[-1:], 16, False)["seconds"],
+                        send(port, QUESTIONS[: max(STREAMS)], 16, True)["seconds"],
+                    ]
                 warm[name] = round(time.perf_counter() - t, 1)
             except Exception as e:
                 failed[name] = server_error(servers[name], e)
                 log(f"  {name}: FAILED: {failed[name]}")
-        left = budget - (time.perf_counter() - t0) - 10 if budget else None
-        n_up = len(names) - len(failed)
-        if w16 is not None and left is not None:
-            max_tokens, sequential = choose(quick, p, w16, n_up, left)
+        if calib:
+            left = budget - (time.perf_counter() - t0) - 10
+            max_tokens, sequential = choose(*calib, len(names) - len(failed), left)
             log(
-                f"server: a 16-token request takes {w16:.1f}s: {max_tokens} tokens "
-                f"per request, 1 stream = {sequential} requests one at a time"
+                f"server: 16 tokens take {calib[0]:.1f}s for 1 request, {calib[1]:.1f}s "
+                f"for {max(STREAMS)}: {max_tokens} tokens per request, 1 stream = "
+                f"{sequential} request{'s' if sequential > 1 else ''} one at a time"
             )
 
         rounds = 0
@@ -403,6 +405,7 @@ def run(quick=False, budget=None):
         "max_batch": batches,
         "server_start_seconds": start_seconds,
         "warmup_seconds": warm,
+        "calibration_seconds_16_tokens_1_and_8": calib,
         "round_seconds": round_seconds,
         "load_avg_before": load_before,
         "load_avg_after": loadavg(),
@@ -531,8 +534,8 @@ def page_section(result, out_dir):
     if k < n_max:
         lines += [
             f"{n_max} one at a time: estimated as {n_max} times the mean time of the "
-            f"{k} request{'s' if k > 1 else ''} of 1 stream (fewer than {n_max}, to fit "
-            "the time budget).",
+            f"{k} request{'s' if k > 1 else ''} of 1 stream (fewer than {n_max}, to save "
+            "time).",
             "",
         ]
     if ref["time_vs_sequential"] is not None:

@@ -25,11 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import DOCS, QUICK_OUT, environment, log, save_json  # noqa: E402
 
-PARTS = ("quality", "memory", "speed", "profile")
+PARTS = ("quality", "memory", "speed", "server", "profile")
 # Share of the time budget of each part (`all` runs them in this order).
-# Measured at 28 minutes on the loaded 2-core machine: the prefill of a 4K
-# prompt through a cache quantized from the first token alone takes ~6 min.
-SHARE = {"quality": 0.38, "memory": 0.15, "speed": 0.42, "profile": 0.05}
+SHARE = {"quality": 0.37, "memory": 0.13, "speed": 0.28, "server": 0.17, "profile": 0.05}
 
 
 def run_part(name, out, quick, argv, budget):
