@@ -10,6 +10,10 @@ from bench_common import label, license_text, load_model, log
 BITS = [(8, 8), (8, 4), (4, 8), (4, 4), (4, 2)]
 # Every quantized setting plain and Hadamard-rotated (the CLI default).
 ROTATE = (False, True)
+# The settings of the rotation targets (group 64), measured again on more
+# windows with what is left of the budget: (name, bits, rotate).
+TARGETS = [("float", None, False), ("K8V4", (8, 4), False),
+           ("K8V4 rotated", (8, 4), True), ("K4V4 rotated", (4, 4), True)]
 # (bits, rotate) of the bounded caches
 BOUNDED_BITS = [(None, False), ((8, 8), False), ((8, 4), False), ((8, 4), True)]
 
@@ -116,6 +120,7 @@ def run(quick=False, budget=None):
     from mlx_lm.perplexity import load_data
 
     p = plan(quick)
+    start = time.perf_counter()
     model, tokenizer = load_model()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "licenses.txt"
@@ -130,12 +135,14 @@ def run(quick=False, budget=None):
                 "kv_group_size": group, "quantized_kv_start": 0, "kv_rotate": rotate}
 
     rows = []
+    stats = {}
 
     def measure(section, bits, group, max_kv, d, ref, before=(), rotate=False):
         t = time.perf_counter()
         w = list(before) + window_stats(model, d, args(bits, group, max_kv, rotate))
         dt = time.perf_counter() - t
         row = summarize(w, d.shape[1] - 1, ref)
+        stats[(section, label(bits, group) + (" rotated" if rotate else ""), max_kv)] = w
         row.update(section=section,
                    setting=label(bits, group) + (" rotated" if rotate else ""),
                    bits=list(bits) if bits else None, group=group if bits else None,
@@ -145,11 +152,11 @@ def run(quick=False, budget=None):
         if ref is not None:
             row["delta_vs"] = "float" if max_kv is None else "float, same max_kv_size"
         rows.append(row)
-        extra = (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
+        change = (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
                  if ref else "")
         log(f"  {section} {row['setting']}"
             f"{'' if max_kv is None else f' max_kv_size={max_kv}'}: "
-            f"ppl {row['ppl']:.3f} ± {row['se']:.3f}{extra} [{dt:.0f}s]")
+            f"ppl {row['ppl']:.3f} ± {row['se']:.3f}{change} [{dt:.0f}s]")
         return w
 
     t = time.perf_counter()
@@ -166,9 +173,10 @@ def run(quick=False, budget=None):
         p.update(planned_windows=p["windows"], planned_bwindows=p["bwindows"],
                  windows=w, bwindows=wb, float_tok_per_s=1 / spt,
                  budget_seconds=round(budget))
-        data, bdata = data[:w], bdata[:wb]
+        data, extra, bdata = data[:w], data[w:], bdata[:wb]
         ref = measure("unbounded", None, 64, None, data[1:], None, first)
     else:
+        extra = data[data.shape[0]:]
         ref = measure("unbounded", None, 64, None, data, None)
     # Group 64 first (the default and the DESIGN.md comparison), then 32.
     for group in p["groups"]:
@@ -200,4 +208,34 @@ def run(quick=False, budget=None):
         frow = rows[-len(BOUNDED_BITS)]
         frow.update(delta_pct=fb["delta_pct"], delta_se_pct=fb["delta_se_pct"],
                     delta_vs="float unbounded")
-    return {"plan": p, "rows": rows}
+    targets = measure_targets(model, extra, args, stats, p,
+                              budget and budget - (time.perf_counter() - start))
+    return {"plan": p, "rows": rows, "targets": targets}
+
+
+def measure_targets(model, extra, args, stats, p, left):
+    """
+    The rotation targets' settings on the table's windows plus as many of
+    the remaining planned windows as ``left`` seconds allow (all settings on
+    a window, then the next): more windows, smaller paired errors.
+    """
+    windows = {name: list(stats[("unbounded", name, None)]) for name, _, _ in TARGETS}
+    t0 = time.perf_counter()
+    per_window = None
+    for i in range(extra.shape[0]):
+        if left is None or (per_window and time.perf_counter() - t0 + per_window > left):
+            break
+        t = time.perf_counter()
+        for name, bits, rotate in TARGETS:
+            windows[name] += window_stats(model, extra[i : i + 1], args(bits, 64, None, rotate))
+        per_window = time.perf_counter() - t
+    ref = windows["float"]
+    out = []
+    for name, w in windows.items():
+        row = summarize(w, p["seq"] - 1, None if name == "float" else ref)
+        row.update(setting=name, window_nll=[m for m, _ in w])
+        out.append(row)
+        log(f"  targets {name} ({row['windows']} windows): ppl {row['ppl']:.3f}"
+            + (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
+               if name != "float" else ""))
+    return out
