@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import bench_server
-from bench_common import DOCS, ROOT, load_json, log
+from bench_common import DOCS, ROOT, load_json, log, pyplot, save_figure
 
 # DESIGN.md section 9 (SmolLM2 float32, upstream 0.32.2 math, 12 windows of 512, g64).
 DESIGN9 = {"float": 23.61, "K8V8": 0.07, "K8V4": 1.93, "K4V8": 18.3, "K4V4": 20.3}
@@ -43,15 +43,6 @@ def _table(head, rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------- header
@@ -308,7 +299,7 @@ def quality_notes(q):
 
 
 def quality_plot(q, path):
-    plt = _plt()
+    plt = pyplot()
     unb = {r["setting"]: r for r in quality_rows(q, "unbounded")}
     names = [n for n in QUANT_NAMES if n in unb]
     bnd = [r for r in quality_rows(q, "bounded") if r["max_kv_size"] and r["bits"]]
@@ -348,9 +339,7 @@ def quality_plot(q, path):
         ax.axhline(0, color="k", lw=0.6)
         ax.set_title("Bounded: vs float bounded, same size", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- memory
@@ -429,7 +418,7 @@ def memory_section(m, out):
 
 
 def memory_plot(m, path):
-    plt = _plt()
+    plt = pyplot()
     tr, gen = m["trace"], m["generation"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
@@ -454,9 +443,7 @@ def memory_plot(m, path):
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- speed
@@ -608,7 +595,7 @@ def speed_section(s, out, pr=None):
 
 
 def speed_plot(s, path):
-    plt = _plt()
+    plt = pyplot()
     dec = s["decode"]
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     xs = [r["context"] for r in dec]
@@ -636,9 +623,7 @@ def speed_plot(s, path):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- profile

@@ -24,7 +24,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import log, median, model_path
+from bench_common import log, median, model_path, pyplot, save_figure
 
 # Measured on pristine mlx-lm 0.32.2 with float caches and the default model
 # (the issue): 8 concurrent requests of 96 tokens took 0.60x the time of
@@ -437,11 +437,7 @@ def _x(v, fmt="{:.2f}x"):
 
 
 def plot(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
     for s in result["settings"]:
         name = s["name"]
@@ -467,9 +463,7 @@ def plot(result, path):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def page_section(result, out_dir):
