@@ -84,6 +84,36 @@ def quartiles(xs):
 
 # Relative cost of a sweep at each context (for the time budget).
 WEIGHT = {1024: 1.0, 4096: 1.3, 8192: 1.7, 16384: 2.5}
+# The pairs compared step against step for their targets (a / b): bounded
+# after the wrap vs unbounded (>= 0.97x), rotated vs plain (cost < 5%).
+PAIRS = {"bounded": ("K8V4 bounded", "K8V4"), "rotated": ("K8V4 rotated", "K8V4")}
+# Share of each context's budget for the pairs, and their number.
+PAIR_SHARE, MIN_PAIRS, MAX_PAIRS = 0.4, 8, 40
+
+
+def step(model, caches, n):
+    """tok/s of one decode step; unbounded caches are trimmed back to ``n``."""
+    t = decode(model, caches, 1)
+    for c in caches:
+        if not hasattr(c, "max_size"):
+            c.trim(c.offset - n)
+    return t
+
+
+def paired_ratios(model, a, b, n, pairs):
+    """
+    tok/s of ``a`` over ``b`` in adjacent single steps, the order alternating
+    (ab, ba, ...): the two steps of a pair see the same load, which per-sweep
+    ratios of eight settings do not when other jobs come and go.
+    """
+    ratios = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta, tb = step(model, a, n), step(model, b, n)
+        else:
+            tb, ta = step(model, b, n), step(model, a, n)
+        ratios.append(ta / tb)
+    return ratios
 
 
 def decode_speed(model, contexts, sweeps, budget=None):
@@ -102,49 +132,51 @@ def decode_speed(model, contexts, sweeps, budget=None):
         # Interleave one step at a time: each sweep times one decode step of
         # every setting, so all see the same load; ratios are taken per sweep.
         target = sweeps + 2
+        pairs = MAX_PAIRS if budget is None else sweeps
         r = 0
         while r < target:
             if r == 2 and ctx_budget:
-                # Fit the sweeps in this context's share of the budget.
+                # Fit the sweeps and the pairs in this context's share of the budget.
                 per_sweep = (time.perf_counter() - t_sweeps) / 2
                 left = ctx_budget - (time.perf_counter() - t0)
+                per_pair = 2 * per_sweep / len(names)
+                pairs = max(MIN_PAIRS, min(MAX_PAIRS, int(
+                    PAIR_SHARE * left / (len(PAIRS) * per_pair))))
+                left -= len(PAIRS) * pairs * per_pair
                 target = 2 + max(8, min(sweeps, int(left / per_sweep)))
             if r == 0:
                 t_sweeps = time.perf_counter()
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
-                cs = caches[name]
-                t = decode(model, cs, 1)
+                t = step(model, caches[name], n)
                 if r >= 2:  # two warm-up sweeps
                     tps[name].append(t)
-                for c in cs:  # unbounded caches back to n positions
-                    if not hasattr(c, "max_size"):
-                        c.trim(c.offset - n)
             r += 1
         # Ratios per sweep (same load), then the median over sweeps.
         per_sweep = {n_: [a / b for a, b in zip(tps[n_], tps["float"])] for n_ in names}
         ratios = {name: median(v) for name, v in per_sweep.items()}
         spread = {name: quartiles(v) for name, v in per_sweep.items()}
-        bq = median([a / b for a, b in zip(tps["K8V4 bounded"], tps["K8V4"])])
         bf = median([a / b for a, b in zip(tps["float bounded"], tps["float"])])
-        rot = median([a / b for a, b in zip(tps["K8V4 rotated"], tps["K8V4"])])
+        pair = {key: paired_ratios(model, caches[a], caches[b], n, pairs)
+                for key, (a, b) in PAIRS.items()}
+        bq, rot = median(pair["bounded"]), median(pair["rotated"])
         row = {
             "context": n, "sweeps": target - 2, "tok_per_s": tps, "median_tok_per_s":
             {k: median(v) for k, v in tps.items()}, "ratio_vs_float": ratios,
             "ratio_quartiles": spread,
+            "pairs": pairs,
             "k8v4_bounded_vs_unbounded": bq,
-            "k8v4_bounded_vs_unbounded_quartiles": quartiles(
-                [a / b for a, b in zip(tps["K8V4 bounded"], tps["K8V4"])]), "float_bounded_vs_unbounded": bf,
+            "k8v4_bounded_vs_unbounded_quartiles": quartiles(pair["bounded"]),
+            "float_bounded_vs_unbounded": bf,
             "k8v4_rotated_vs_plain": rot,
-            "k8v4_rotated_vs_plain_quartiles": quartiles(
-                [a / b for a, b in zip(tps["K8V4 rotated"], tps["K8V4"])]),
+            "k8v4_rotated_vs_plain_quartiles": quartiles(pair["rotated"]),
             "cache_bytes": sizes, "seconds": round(time.perf_counter() - t0, 1),
         }
         out.append(row)
         log(f"  decode @{n}: float {row['median_tok_per_s']['float']:.1f} tok/s; "
             + ", ".join(f"{k} x{v:.2f}" for k, v in ratios.items() if k != "float")
             + f"; K8V4 bounded/unbounded x{bq:.3f}, rotated/plain x{rot:.3f} "
-            f"[{row['seconds']:.0f}s]")
+            f"({pairs} pairs) [{row['seconds']:.0f}s]")
         del caches
         mx.clear_cache()
     return out
