@@ -161,6 +161,24 @@ def quality_section(q, out):
         "",
     ]
 
+    mxq = quality_rows(q, "mx.quantize")
+    if mxq:
+        ours = {r["setting"]: r for r in unb if r.get("group", 64) in (64, None)}
+        rows = [[r["setting"], _pct(r.get("delta_pct"), r.get("delta_se_pct")),
+                 _pct(ours[r["setting"]].get("delta_pct"),
+                      ours[r["setting"]].get("delta_se_pct"))]
+                for r in mxq if r["setting"] in ours]
+        lines += [
+            "**Least-squares grids vs `mx.quantize`'s** (patch 0018, `kv_quantize`): below "
+            "8 bits every cache fits each group's scale and bias by least squares instead "
+            "of `mx.quantize`'s weight grid (which keeps zero and the group's larger end "
+            "exact); same format and bytes. The same windows, with `KV_REFINE_STEPS = 0` "
+            "(upstream's quantization) and with the default:",
+            "",
+            _table(["setting (group 64)", "mx.quantize vs float", "least squares vs float"],
+                   rows),
+            "",
+        ]
     tg = q.get("targets") or []
     if tg and tg[0]["windows"] > unb[0]["windows"]:
         rows = [[r["setting"], f"{r['ppl']:.3f} ± {r['se']:.3f}",

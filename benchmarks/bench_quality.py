@@ -12,8 +12,11 @@ BITS = [(8, 8), (8, 4), (4, 8), (4, 4), (4, 2)]
 ROTATE = (False, True)
 # The settings of the rotation targets (group 64), measured again on more
 # windows with what is left of the budget: (name, bits, rotate).
-TARGETS = [("float", None, False), ("K8V4", (8, 4), False),
-           ("K8V4 rotated", (8, 4), True), ("K4V4 rotated", (4, 4), True)]
+TARGETS = [("float", None, False), ("K8V4 rotated", (8, 4), True),
+           ("K4V4 rotated", (4, 4), True)]
+# Settings also measured with mx.quantize's grids (KV_REFINE_STEPS = 0, as
+# upstream quantizes) instead of the least-squares ones: (bits, rotate).
+MX_QUANTIZE = [((8, 4), False), ((8, 4), True), ((4, 4), True)]
 # (bits, rotate) of the bounded caches
 BOUNDED_BITS = [(None, False), ((8, 8), False), ((8, 4), False), ((8, 4), True)]
 
@@ -22,11 +25,24 @@ def plan(quick):
     if quick:
         return dict(seq=128, windows=3, chunk=64, groups=[64, 32],
                     bseq=256, bwindows=2, bsizes=[64, 128])
-    return dict(seq=512, windows=12, chunk=64, groups=[64, 32],
+    # 26 windows of 512: all the license texts hold
+    return dict(seq=512, windows=26, chunk=64, groups=[64, 32],
                 bseq=1024, bwindows=4, bsizes=[256, 512])
 
 
 def window_stats(model, data, cache_args, batch_size=1):
+    if cache_args.get("mx_quantize"):
+        from unittest import mock
+
+        import mlx_lm.models.cache as cache_module
+
+        args = {k: v for k, v in cache_args.items() if k != "mx_quantize"}
+        with mock.patch.object(cache_module, "KV_REFINE_STEPS", 0):
+            return window_stats(model, data, args, batch_size)
+    return _window_stats(model, data, cache_args, batch_size)
+
+
+def _window_stats(model, data, cache_args, batch_size=1):
     """
     Per-window (mean NLL, NLL standard deviation), the windows fed through
     the cache as ``eval_ppl`` does (its ``_cache_logits``). One window at a
@@ -99,7 +115,7 @@ def choose_windows(p, sec_per_token, budget):
     The most windows (up to the plan's) whose passes fit ``budget`` seconds,
     at least 3 of ``seq`` tokens and 1 of ``bseq`` tokens.
     """
-    n_quant = len(BITS) * len(p["groups"]) * len(ROTATE)
+    n_quant = len(BITS) * len(p["groups"]) * len(ROTATE) + len(MX_QUANTIZE)
     n_bq = sum(b is not None for b, _ in BOUNDED_BITS) * len(p["bsizes"])
     n_bf = 1 + len(p["bsizes"])
 
@@ -130,21 +146,24 @@ def run(quick=False, budget=None):
     log(f"quality: {data.shape[0]} windows of {p['seq']}, "
         f"{bdata.shape[0]} windows of {p['bseq']} for bounded caches")
 
-    def args(bits, group, max_kv=None, rotate=False):
+    def args(bits, group, max_kv=None, rotate=False, mx_quantize=False):
         return {"chunk_size": p["chunk"], "max_kv_size": max_kv, "kv_bits": bits,
-                "kv_group_size": group, "quantized_kv_start": 0, "kv_rotate": rotate}
+                "kv_group_size": group, "quantized_kv_start": 0, "kv_rotate": rotate,
+                "mx_quantize": mx_quantize}
 
     rows = []
     stats = {}
 
-    def measure(section, bits, group, max_kv, d, ref, before=(), rotate=False):
+    def measure(section, bits, group, max_kv, d, ref, before=(), rotate=False,
+                mx_quantize=False):
         t = time.perf_counter()
-        w = list(before) + window_stats(model, d, args(bits, group, max_kv, rotate))
+        w = list(before) + window_stats(
+            model, d, args(bits, group, max_kv, rotate, mx_quantize))
         dt = time.perf_counter() - t
         row = summarize(w, d.shape[1] - 1, ref)
-        stats[(section, label(bits, group) + (" rotated" if rotate else ""), max_kv)] = w
-        row.update(section=section,
-                   setting=label(bits, group) + (" rotated" if rotate else ""),
+        name = label(bits, group) + (" rotated" if rotate else "")
+        stats[(section, name, max_kv)] = w
+        row.update(section=section, setting=name, mx_quantize=mx_quantize,
                    bits=list(bits) if bits else None, group=group if bits else None,
                    rotate=rotate,
                    max_kv_size=max_kv, seq=d.shape[1], seconds=round(dt, 1),
@@ -183,11 +202,14 @@ def run(quick=False, budget=None):
         for bits in BITS:
             for rotate in ROTATE:
                 measure("unbounded", bits, group, None, data, ref, rotate=rotate)
+    # The same settings with mx.quantize's grids (upstream's quantization)
+    for bits, rotate in MX_QUANTIZE:
+        measure("mx.quantize", bits, 64, None, data, ref, rotate=rotate, mx_quantize=True)
     if budget and not quick:
         # Re-fit the bounded windows to what is left of the budget, from the
         # speed the unbounded passes actually had (the load may have changed).
         spent = time.perf_counter() - t
-        n_unb = 1 + len(BITS) * len(p["groups"]) * len(ROTATE)
+        n_unb = 1 + len(BITS) * len(p["groups"]) * len(ROTATE) + len(MX_QUANTIZE)
         per_pass_token = spent / (n_unb * data.shape[0] * (p["seq"] - 1))
         n_bounded = 1 + len(BOUNDED_BITS) * len(p["bsizes"])
         fit = int((budget - spent) / (per_pass_token * n_bounded * (p["bseq"] - 1)))
