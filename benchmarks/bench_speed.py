@@ -88,7 +88,7 @@ WEIGHT = {1024: 1.0, 4096: 1.3, 8192: 1.7, 16384: 2.5}
 # after the wrap vs unbounded (>= 0.97x), rotated vs plain (cost < 5%).
 PAIRS = {"bounded": ("K8V4 bounded", "K8V4"), "rotated": ("K8V4 rotated", "K8V4")}
 # Share of each context's budget for the pairs, and their number.
-PAIR_SHARE, MIN_PAIRS, MAX_PAIRS = 0.4, 8, 40
+PAIR_SHARE, MIN_PAIRS, MAX_PAIRS = 0.4, 16, 40
 
 
 def step(model, caches, n):
