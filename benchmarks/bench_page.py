@@ -2,6 +2,7 @@
 
 import datetime
 import math
+import statistics
 from pathlib import Path
 
 import bench_server
@@ -216,6 +217,40 @@ def quality_section(q, out):
     lines += quality_notes(q)
     quality_plot(q, out / "benchmarks" / "quality.png")
     return lines
+
+
+def kl_section(k):
+    """Least-squares grids vs mx.quantize's by KL divergence (``run.py kl``)."""
+    if not k:
+        return []
+    by = {}
+    for r in k["rows"]:
+        by.setdefault(r["setting"], {})[r["quantizer"]] = r
+    rows = []
+    for name, r in by.items():
+        a, b = r.get("mx.quantize"), r.get("least squares")
+        if a and b:
+            # The ratio's standard error from the paired per-window differences
+            d = [y - x for x, y in zip(a["window_kl"], b["window_kl"])]
+            se = (statistics.stdev(d) / math.sqrt(len(d))) / a["kl"] if len(d) > 1 else 0
+            rows.append([name, f"{a['kl'] * 1e3:.2f}e-3", f"{b['kl'] * 1e3:.2f}e-3",
+                         f"{b['kl'] / a['kl']:.2f}x ± {se:.2f}",
+                         _pct(a.get("delta_pct"), a.get("delta_se_pct")),
+                         _pct(b.get("delta_pct"), b.get("delta_se_pct"))])
+    p = k["plan"]
+    return [
+        f"**By KL divergence** (`python benchmarks/run.py kl`, not part of `make bench`: "
+        f"{k['seconds'] / 60:.0f} min): the mean KL divergence, per token, of the next-token "
+        "distributions through each cache from those through the float cache, on "
+        f"{p['windows']} windows of {p['seq']} (all the license texts hold), group 64. "
+        "Perplexity cannot tell the two quantizers apart (its paired errors are larger "
+        "than their difference: rounding alone moves a quantized window's loss); the KL "
+        "divergence can:",
+        "",
+        _table(["setting", "KL, mx.quantize", "KL, least squares", "ratio",
+                "ppl, mx.quantize", "ppl, least squares"], rows),
+        "",
+    ]
 
 
 def _target(name):
@@ -865,6 +900,7 @@ def write(out):
         lines.insert(len(lines) - 1, "- " + bench_server.summary_line(sv))
     lines += ["## Which setting should I use", ""] + adv
     lines += quality_section(q, out)
+    lines += kl_section(load_json(bdir, "kl"))
     lines += memory_section(m, out)
     lines += speed_section(s, out, pr)
     if sv:
@@ -876,6 +912,7 @@ def write(out):
         "```",
         "make bench                                  # all parts (tools/run python benchmarks/run.py)",
         "tools/run python benchmarks/run.py speed    # one part: quality | memory | speed | server | profile",
+        "tools/run python benchmarks/run.py kl       # least squares vs mx.quantize by KL (not in make bench)",
         "tools/run python benchmarks/run.py page     # this page from docs/benchmarks/*.json",
         "tools/run python benchmarks/run.py --quick  # smoke run (to /tmp/mlx-lm-kvq-bench-quick)",
         "```",

@@ -199,8 +199,12 @@ def prefill_speed(model, tokenizer, lengths, rounds, budget=None):
         tps = {"float": [], "K8V4": []}
         n_rounds = rounds
         if budget and per_token:
+            # Attention makes a token of a longer prompt dearer: scale the
+            # last length's cost per token by the length ratio.
             left = budget - (time.perf_counter() - start)
-            n_rounds = max(1, min(rounds, int(left / (per_token * n * 1.1))))
+            cost = per_token * n * max(1.0, n / last_n)
+            n_rounds = max(1, min(rounds, int(left / cost)))
+        last_n = n
         t_len = time.perf_counter()
         for r in range(n_rounds):
             order = ["float", "K8V4"] if r % 2 == 0 else ["K8V4", "float"]
