@@ -9,40 +9,16 @@ Not part of `make bench` (about 12 minutes): `python benchmarks/run.py kl`.
 
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
-from unittest import mock
 
 from bench_common import label, license_text, load_model, log
-from bench_quality import MX_QUANTIZE, summarize
+from bench_quality import MX_QUANTIZE, summarize, window_stats
 
 
 def plan(quick):
     if quick:
         return dict(seq=128, windows=3, chunk=64)
     return dict(seq=512, windows=26, chunk=64)
-
-
-def window_logprobs(model, window, bits, rotate, chunk):
-    """(mean NLL, NLL sd, log-probabilities) of one window through the cache."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.generate import maybe_quantize_kv_cache
-    from mlx_lm.models.cache import kv_head_dims, make_prompt_cache
-    from mlx_lm.perplexity import _cache_logits
-
-    quantize = partial(
-        maybe_quantize_kv_cache, quantized_kv_start=0, kv_group_size=64,
-        kv_bits=bits, head_dims=kv_head_dims(model) if bits else None,
-        kv_rotate=rotate)
-    x = window[None]
-    logits = _cache_logits(model, x[:, :-1], chunk, partial(make_prompt_cache, model),
-                           quantize).astype(mx.float32)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    losses = nn.losses.cross_entropy(logits, x[:, 1:], reduction="none")
-    mean, sd = losses.mean(), mx.sqrt(mx.var(losses, ddof=1))
-    mx.eval(logprobs, mean, sd)
-    return mean.item(), sd.item(), logprobs
 
 
 def run(quick=False, budget=None):
@@ -62,16 +38,19 @@ def run(quick=False, budget=None):
     kl = {s: [] for s in settings}
     ref = []
     t = time.perf_counter()
+    def args(bits, rotate=False, mx_quantize=False):
+        return {"chunk_size": p["chunk"], "max_kv_size": None, "kv_bits": bits,
+                "kv_group_size": 64, "quantized_kv_start": 0, "kv_rotate": rotate,
+                "mx_quantize": mx_quantize}
+
     # Window by window: the float log-probabilities of one window at a time
     for i in range(data.shape[0]):
-        m, sd, ref_lp = window_logprobs(model, data[i], None, False, p["chunk"])
+        window = data[i : i + 1]
+        (m, sd, ref_lp), = window_stats(model, window, args(None), logprobs=True)
         ref.append((m, sd))
         for bits, rotate, steps in settings:
-            patch = mock.patch.object(
-                cache_module, "KV_REFINE_STEPS",
-                cache_module.KV_REFINE_STEPS if steps is None else steps)
-            with patch:
-                m, sd, lp = window_logprobs(model, data[i], bits, rotate, p["chunk"])
+            (m, sd, lp), = window_stats(
+                model, window, args(bits, rotate, steps == 0), logprobs=True)
             stats[(bits, rotate, steps)].append((m, sd))
             window_kl = mx.sum(mx.exp(ref_lp) * (ref_lp - lp), axis=-1).mean()
             kl[(bits, rotate, steps)].append(window_kl.item())

@@ -30,25 +30,25 @@ def plan(quick):
                 bseq=1024, bwindows=4, bsizes=[256, 512])
 
 
-def window_stats(model, data, cache_args, batch_size=1):
-    if cache_args.get("mx_quantize"):
-        from unittest import mock
-
-        import mlx_lm.models.cache as cache_module
-
-        args = {k: v for k, v in cache_args.items() if k != "mx_quantize"}
-        with mock.patch.object(cache_module, "KV_REFINE_STEPS", 0):
-            return window_stats(model, data, args, batch_size)
-    return _window_stats(model, data, cache_args, batch_size)
-
-
-def _window_stats(model, data, cache_args, batch_size=1):
+def window_stats(model, data, cache_args, batch_size=1, logprobs=False):
     """
     Per-window (mean NLL, NLL standard deviation), the windows fed through
-    the cache as ``eval_ppl`` does (its ``_cache_logits``). One window at a
+    the cache as ``eval_ppl`` does (its ``_cache_logits``), with
+    ``mx.quantize``'s grids if ``cache_args["mx_quantize"]``; with
+    ``logprobs``, each window's log-probabilities too. One window at a
     time: batching them is barely faster on CPU, and its other rounding moves
     a quantized window's NLL by up to ~0.005.
     """
+    from unittest import mock
+
+    import mlx_lm.models.cache as cache_module
+
+    steps = 0 if cache_args.get("mx_quantize") else cache_module.KV_REFINE_STEPS
+    with mock.patch.object(cache_module, "KV_REFINE_STEPS", steps):
+        return _window_stats(model, data, cache_args, batch_size, logprobs)
+
+
+def _window_stats(model, data, cache_args, batch_size, logprobs):
     from functools import partial
 
     import mlx.core as mx
@@ -71,12 +71,14 @@ def _window_stats(model, data, cache_args, batch_size=1):
     for s in range(0, data.shape[0], batch_size):
         batch = data[s : s + batch_size]
         logits = _cache_logits(model, batch[:, :-1], a["chunk_size"], make_cache, quantize)
-        losses = nn.losses.cross_entropy(
-            logits.astype(mx.float32), batch[:, 1:], reduction="none")
+        logits = logits.astype(mx.float32)
+        losses = nn.losses.cross_entropy(logits, batch[:, 1:], reduction="none")
         mean = losses.mean(axis=1)
         sd = mx.sqrt(mx.var(losses, axis=1, ddof=1))
-        mx.eval(mean, sd)
-        out += list(zip(mean.tolist(), sd.tolist()))
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True) if logprobs else None
+        mx.eval(mean, sd, lp)
+        rows = list(zip(mean.tolist(), sd.tolist()))
+        out += [(*r, lp[i]) for i, r in enumerate(rows)] if logprobs else rows
     return out
 
 
