@@ -4,7 +4,7 @@ VENV   := .venv
 RUN    := tools/run
 PYTEST_ARGS ?=
 
-.PHONY: demo test materialize patches check-patches venv models offline-hub compare-upstream bench clean
+.PHONY: demo test materialize patches check-patches prs venv models offline-hub compare-upstream bench clean
 
 # Set up, then run the main job on the embedded default model.
 demo: venv models
@@ -20,29 +20,42 @@ test: venv models offline-hub
 materialize:
 	$(PYTHON) tools/patchq.py materialize $(if $(FORCE),--force)
 
+# Export the queue to patches/ and refresh docs/upstream-prs.md (both
+# deterministic: an unchanged queue changes no file).
 patches:
 	$(PYTHON) tools/patchq.py export
+	$(PYTHON) tools/prs.py
 
-check-patches: venv
+# Apply the series patch by patch in a temp dir, run each patch's tests, and
+# the whole offline suite (as `make test`) at the end of the upstream track.
+check-patches: venv offline-hub
 	$(RUN) python tools/patchq.py check
+
+# One mbox and cover letter per upstream PR in build/prs/, and the table of
+# them in docs/upstream-prs.md (tools/prs.py).
+prs:
+	$(PYTHON) tools/prs.py
 
 venv: $(VENV)/.stamp materialize
 $(VENV)/.stamp: setup.py pyproject.toml tools/requirements-dev.txt tools/setup-env.sh patches/series
 	PYTHON=$(PYTHON) tools/setup-env.sh
 	touch $@
 
-# The default model (SmolLM2-135M-Instruct, float32), cached in
-# ~/.cache/mlx-lm-kvq, and the offline stand-ins for the hub models that
-# upstream's tests load (docs/upstream-tests.md).
+# The default model (SmolLM2-135M-Instruct, float32) and Gemma 3 270M
+# (float32), cached in ~/.cache/mlx-lm-kvq (no-ops once converted), and the
+# offline stand-ins for the hub models that upstream's tests load
+# (docs/upstream-tests.md).
 models: venv
 	$(RUN) python tools/convert_smollm2.py >/dev/null
+	$(RUN) python tools/convert_gemma3.py >/dev/null
 
 offline-hub: models
 	$(RUN) python tools/offline_hub.py >/dev/null
 
 # Upstream's suite on pristine 0.32.2 and on the fork; fails on a regression.
+# UPSTREAM_TRACK=1: the upstream track alone instead of the working tree.
 compare-upstream: venv offline-hub
-	$(RUN) python tools/compare_upstream.py
+	$(RUN) python tools/compare_upstream.py $(if $(UPSTREAM_TRACK),--upstream-track)
 
 bench: venv models
 	$(RUN) python benchmarks/run.py

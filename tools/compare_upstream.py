@@ -3,8 +3,10 @@
 
 Both runs are offline (tools/run, the stand-in hub, tools/pytest_offline.py).
 Prints pass/skip/fail counts for each and every upstream test that passes on
-pristine but not on the fork; exits 1 if there is one. Run it through
-tools/run: `tools/run python tools/compare_upstream.py`.
+pristine but not on the fork; exits 1 if there is one. The fork is the
+working tree, or with --upstream-track the upstream track of patches/series
+alone, applied to a fresh temp dir. Run it through tools/run:
+`tools/run python tools/compare_upstream.py [--upstream-track]`.
 """
 
 import argparse
@@ -22,11 +24,12 @@ import patchq  # noqa: E402
 
 
 # Upstream tests that a patch changes on purpose, because the behaviour they
-# pin is what the patch changes.
+# pin is what the patch changes. Name the patch by its subject.
 CHANGED = {
     "tests.test_server.TestServerKVCacheQuantization::"
-    "test_quantized_kv_disables_batching": "patch 0012 keeps batching on with "
-    "--kv-bits; the test is now test_quantized_kv_keeps_batching",
+    "test_quantized_kv_disables_batching": "the upstream-track patch \"server: "
+    "keep continuous batching with --kv-bits, add --max-kv-size\" keeps "
+    "batching on with --kv-bits; the test is now test_quantized_kv_keeps_batching",
 }
 
 
@@ -58,6 +61,10 @@ def counts(outcomes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--upstream-track", action="store_true",
+        help="compare with the upstream track alone instead of the working tree",
+    )
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
     patchq.materialize()
@@ -67,12 +74,20 @@ def main():
         patchq.unpack(patchq.fetch_sdist(), pristine)
         upstream_tests = sorted(p.name for p in (pristine / "tests").glob("test_*.py"))
         tests = [f"tests/{t}" for t in upstream_tests]
+        fork, label = ROOT, "fork"
+        if args.upstream_track:
+            fork = tmp / "upstream-track"
+            fork.mkdir()
+            patchq.init_queue(fork / ".git", fork, patchq.fetch_sdist())
+            n = patchq.apply_series(fork / ".git", fork, upstream_only=True)
+            label = f"upstream track ({n} patches)"
         before = run_suite(pristine, tests, tmp / "pristine.xml", args.pytest_args)
-        after = run_suite(ROOT, tests, tmp / "fork.xml", args.pytest_args)
+        after = run_suite(fork, tests, tmp / "fork.xml", args.pytest_args)
 
     print(f"upstream test files: {len(tests)}")
-    print(f"pristine 0.32.2: {counts(before)}")
-    print(f"fork:            {counts(after)}")
+    w = max(len("pristine 0.32.2"), len(label)) + 2
+    print(f"{'pristine 0.32.2:':<{w}}{counts(before)}")
+    print(f"{label + ':':<{w}}{counts(after)}")
     regressions = [
         t
         for t, o in before.items()
@@ -81,9 +96,9 @@ def main():
     for t, why in CHANGED.items():
         print(f"changed on purpose: {t}: {why}")
     for t in regressions:
-        print(f"REGRESSION: {t} passes on pristine, {after.get(t, 'missing')} on the fork")
+        print(f"REGRESSION: {t} passes on pristine, {after.get(t, 'missing')} on the {label}")
     if not regressions:
-        print("no upstream test that passes on pristine fails on the fork")
+        print(f"no upstream test that passes on pristine fails on the {label}")
     return 1 if regressions else 0
 
 
