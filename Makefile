@@ -57,8 +57,13 @@ offline-hub: models
 compare-upstream: venv offline-hub
 	$(RUN) python tools/compare_upstream.py $(if $(UPSTREAM_TRACK),--upstream-track)
 
+# Quality, memory and speed of the KV cache settings on both trained models,
+# and the default path vs pristine 0.32.2: docs/benchmarks.md and
+# docs/benchmarks/*.json (a few hours on 2 cores). BENCH_QUICK=1: every part
+# on minimal sizes (minutes), to /tmp/mlx-lm-kvq-bench-quick. BENCH_ARGS:
+# more arguments of benchmarks/run.py (parts, --models, --windows).
 bench: venv models
-	$(RUN) python benchmarks/run.py
+	$(RUN) python benchmarks/run.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .queue mlx_lm tests build dist *.egg-info

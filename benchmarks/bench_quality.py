@@ -1,265 +1,255 @@
-"""Perplexity of the default model through each KV cache setting."""
+"""
+Quality of each KV cache setting on one model: perplexity change from the
+float cache (paired over windows), next-token KL divergence from the float
+cache, top-1 agreement with it, and the cache's bytes; and the planner's
+quality table (``mlx_lm.kv_plan --kv-quality-table``).
+
+Each window of the license texts is teacher-forced through the model's own
+caches (``make_prompt_cache(model)``, quantized from the first token), fed
+as generate_step feeds a prompt: chunks of ``chunk`` tokens, then the last
+one alone. All settings run in lockstep, chunk by chunk, so the float
+cache's next-token distributions are at hand to compare each setting's with
+without keeping a window's logits (Gemma's vocabulary is 262,144 wide).
+"""
 
 import math
-import tempfile
 import time
-from pathlib import Path
 
-from bench_common import label, license_text, load_model, log
-
-BITS = [(8, 8), (8, 4), (4, 8), (4, 4), (4, 2)]
-# Every quantized setting plain and Hadamard-rotated (the CLI default).
-ROTATE = (False, True)
-# The settings of the rotation targets (group 64), measured again on more
-# windows with what is left of the budget: (name, bits, rotate).
-TARGETS = [("float", None, False), ("K8V4 rotated", (8, 4), True),
-           ("K4V4 rotated", (4, 4), True)]
-# Settings also measured with mx.quantize's grids (KV_REFINE_STEPS = 0, as
-# upstream quantizes) instead of the least-squares ones: (bits, rotate).
-MX_QUANTIZE = [((8, 4), False), ((8, 4), True), ((4, 4), True)]
-# (bits, rotate) of the bounded caches
-BOUNDED_BITS = [(None, False), ((8, 8), False), ((8, 4), False), ((8, 4), True)]
+from bench_common import (
+    PREFILL_STEP,
+    TEXTS,
+    describe_layers,
+    eval_step,
+    fill,
+    kv_layers,
+    load_model,
+    log,
+    make_cache,
+    mean,
+    model_name,
+    nbytes,
+    planner_bytes,
+    schedule,
+    sem,
+    settings,
+    text_windows,
+    theory_bytes,
+)
 
 
 def plan(quick):
     if quick:
-        return dict(seq=128, windows=3, chunk=64, groups=[64, 32],
-                    bseq=256, bwindows=2, bsizes=[64, 128])
-    # 26 windows of 512: all the license texts hold
-    return dict(seq=512, windows=26, chunk=64, groups=[64, 32],
-                bseq=1024, bwindows=4, bsizes=[256, 512])
+        # Harness test: the bounded settings wrap (bound 128), Gemma's
+        # sliding layers do not (window 512)
+        return dict(length=320, windows=2, chunk=64, contexts=[2048, 4096])
+    # 2048 tokens: Gemma's sliding layers (window 512) wrap 3 times per window
+    return dict(length=2048, windows=None, chunk=256, contexts=[2048, 4096])
 
 
-def window_stats(model, data, cache_args, batch_size=1, logprobs=False):
+def window_pass(model, rows, window, chunk):
     """
-    Per-window (mean NLL, NLL standard deviation), the windows fed through
-    the cache as ``eval_ppl`` does (its ``_cache_logits``), with
-    ``mx.quantize``'s grids if ``cache_args["mx_quantize"]``; with
-    ``logprobs``, each window's log-probabilities too. One window at a
-    time: batching them is barely faster on CPU, and its other rounding moves
-    a quantized window's NLL by up to ~0.005.
+    One window through every setting's cache. Per setting: sums over the
+    window's predictions of the NLL of the next token, of the KL divergence
+    from the float cache's distribution (and from the float cache with the
+    same bound, for bounded settings), and of top-1 agreement with them;
+    the cache's bytes at the end.
     """
-    from unittest import mock
-
-    import mlx_lm.models.cache as cache_module
-
-    steps = 0 if cache_args.get("mx_quantize") else cache_module.KV_REFINE_STEPS
-    with mock.patch.object(cache_module, "KV_REFINE_STEPS", steps):
-        return _window_stats(model, data, cache_args, batch_size, logprobs)
-
-
-def _window_stats(model, data, cache_args, batch_size, logprobs):
-    from functools import partial
-
     import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.generate import maybe_quantize_kv_cache
-    from mlx_lm.models.cache import kv_head_dims, make_prompt_cache
-    from mlx_lm.perplexity import _cache_logits
 
-    a = cache_args
-    make_cache = partial(make_prompt_cache, model, a["max_kv_size"])
-    quantize = partial(
-        maybe_quantize_kv_cache,
-        quantized_kv_start=a["quantized_kv_start"],
-        kv_group_size=a["kv_group_size"],
-        kv_bits=a["kv_bits"],
-        head_dims=kv_head_dims(model) if a["kv_bits"] else None,
-        kv_rotate=a.get("kv_rotate", False),
-    )
+    tokens = mx.array(window)
+    caches = {s.name: make_cache(model, s) for s in rows}
+    sums = {s.name: dict(nll=0.0, kl=0.0, top1=0, kl_bound=0.0, top1_bound=0, n=0)
+            for s in rows}
+    # The float caches first: the others compare with their distributions
+    order = sorted(rows, key=lambda s: (not s.float, s.max_kv_size is not None))
+    for a, b in schedule(len(window) - 1, chunk):
+        targets = tokens[a + 1 : b + 1]
+        refs = {}  # max_kv_size -> (log-probabilities, probabilities, argmax)
+        for s in order:
+            logits = eval_step(model, caches[s.name], s, tokens[a:b])[0]
+            logits = logits.astype(mx.float32)
+            lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            top = mx.argmax(lp, axis=-1)
+            nll = -mx.take_along_axis(lp, targets[:, None], axis=-1).sum()
+            out = {"nll": nll}
+            for key, bound in (("", None), ("_bound", s.max_kv_size)):
+                if key and (bound is None or bound not in refs):
+                    continue
+                if bound in refs and not (s.float and s.max_kv_size == bound):
+                    ref_lp, ref_p, ref_top = refs[bound]
+                    out["kl" + key] = (ref_p * (ref_lp - lp)).sum()
+                    out["top1" + key] = (top == ref_top).sum()
+            if s.float:
+                p = mx.exp(lp)
+                refs[s.max_kv_size] = (lp, p, top)
+                mx.eval(p, top)
+            mx.eval(out)
+            acc = sums[s.name]
+            for k, v in out.items():
+                acc[k] += v.item()
+            acc["n"] += b - a
+    for s in rows:
+        sums[s.name]["nbytes"] = nbytes(caches[s.name])
+    return sums
+
+
+def summarize(rows, per_window, tokens):
+    """The table's numbers per setting from the per-window sums."""
+    ref = per_window["float"]
+    nll_ref = [w["nll"] / w["n"] for w in ref]
     out = []
-    for s in range(0, data.shape[0], batch_size):
-        batch = data[s : s + batch_size]
-        logits = _cache_logits(model, batch[:, :-1], a["chunk_size"], make_cache, quantize)
-        logits = logits.astype(mx.float32)
-        losses = nn.losses.cross_entropy(logits, batch[:, 1:], reduction="none")
-        mean = losses.mean(axis=1)
-        sd = mx.sqrt(mx.var(losses, axis=1, ddof=1))
-        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True) if logprobs else None
-        mx.eval(mean, sd, lp)
-        rows = list(zip(mean.tolist(), sd.tolist()))
-        out += [(*r, lp[i]) for i, r in enumerate(rows)] if logprobs else rows
-    return out
+    for s in rows:
+        ws = per_window[s.name]
+        nll = [w["nll"] / w["n"] for w in ws]
+        N = sum(w["n"] for w in ws)
+        row = {
+            "setting": s.name,
+            "kv_bits": list(s.bits) if s.bits else None,
+            "group_size": None if s.float else s.group_size,
+            "hadamard": s.hadamard,
+            "max_kv_size": s.max_kv_size,
+            "extra": s.extra,
+            "speed": s.speed,
+            "windows": len(ws),
+            "predictions": N,
+            "ppl": math.exp(sum(w["nll"] for w in ws) / N),
+            "window_nll": [round(x, 6) for x in nll],
+        }
 
+        def change(base):
+            d = [a - b for a, b in zip(nll, base)]
+            dm = mean(d)
+            se = sem(d)
+            return 100 * math.expm1(dm), None if se is None else 100 * math.exp(dm) * se
 
-def summarize(windows, n, ref=None):
-    """
-    ppl and its standard error over all tokens (as ``eval_ppl`` would give
-    on the whole set), and, against ``ref`` (same windows), the % change
-    with a paired standard error over windows.
-    """
-    W = len(windows)
-    N = n * W
-    means = [m for m, _ in windows]
-    mean = sum(means) / W
-    ss = sum((n - 1) * s * s for _, s in windows) + n * sum((m - mean) ** 2 for m in means)
-    sd = math.sqrt(ss / (N - 1))
-    ppl = math.exp(mean)
-    row = {"ppl": ppl, "se": ppl * sd / math.sqrt(N), "nll": mean, "windows": W,
-           "tokens": N}
-    if ref is not None:
-        d = [a[0] - b[0] for a, b in zip(windows, ref)]
-        dm = sum(d) / W
-        dse = math.sqrt(sum((x - dm) ** 2 for x in d) / (W - 1) / W) if W > 1 else None
-        row["delta_pct"] = 100 * (math.exp(dm) - 1)
-        row["delta_se_pct"] = 100 * math.exp(dm) * dse if dse is not None else None
-    return row
+        def per_token(key):
+            xs = [w[key] / w["n"] for w in ws]
+            return mean(xs), sem(xs)
 
-
-# Time of a quantized pass relative to a float one (measured ~1.0-1.2x now
-# that chunks attend through the float kernel; on the high side, so a loaded
-# machine does not overrun the budget).
-QUANT_COST = 1.25
-
-
-def choose_windows(p, sec_per_token, budget):
-    """
-    The most windows (up to the plan's) whose passes fit ``budget`` seconds,
-    at least 3 of ``seq`` tokens and 1 of ``bseq`` tokens.
-    """
-    n_quant = len(BITS) * len(p["groups"]) * len(ROTATE) + len(MX_QUANTIZE)
-    n_bq = sum(b is not None for b, _ in BOUNDED_BITS) * len(p["bsizes"])
-    n_bf = 1 + len(p["bsizes"])
-
-    def cost(w, wb):
-        return sec_per_token * (
-            w * (p["seq"] - 1) * (1 + QUANT_COST * n_quant)
-            + wb * (p["bseq"] - 1) * (n_bf + QUANT_COST * n_bq))
-
-    best = (min(3, p["windows"]), 1)
-    for w in range(best[0], p["windows"] + 1):
-        wb = max(1, min(p["bwindows"], round(w * p["bwindows"] / p["windows"])))
-        if cost(w, wb) <= budget:
-            best = (w, wb)
-    return best, cost(*best)
-
-
-def run(quick=False, budget=None):
-    from mlx_lm.perplexity import load_data
-
-    p = plan(quick)
-    start = time.perf_counter()
-    model, tokenizer = load_model()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "licenses.txt"
-        path.write_text(license_text())
-        data = load_data(tokenizer, str(path), p["windows"], p["seq"])
-        bdata = load_data(tokenizer, str(path), p["bwindows"], p["bseq"])
-    log(f"quality: {data.shape[0]} windows of {p['seq']}, "
-        f"{bdata.shape[0]} windows of {p['bseq']} for bounded caches")
-
-    def args(bits, group, max_kv=None, rotate=False, mx_quantize=False):
-        return {"chunk_size": p["chunk"], "max_kv_size": max_kv, "kv_bits": bits,
-                "kv_group_size": group, "quantized_kv_start": 0, "kv_rotate": rotate,
-                "mx_quantize": mx_quantize}
-
-    rows = []
-    stats = {}
-
-    def measure(section, bits, group, max_kv, d, ref, before=(), rotate=False,
-                mx_quantize=False):
-        t = time.perf_counter()
-        w = list(before) + window_stats(
-            model, d, args(bits, group, max_kv, rotate, mx_quantize))
-        dt = time.perf_counter() - t
-        row = summarize(w, d.shape[1] - 1, ref)
-        name = label(bits, group) + (" rotated" if rotate else "")
-        stats[(section, name, max_kv)] = w
-        row.update(section=section, setting=name, mx_quantize=mx_quantize,
-                   bits=list(bits) if bits else None, group=group if bits else None,
-                   rotate=rotate,
-                   max_kv_size=max_kv, seq=d.shape[1], seconds=round(dt, 1),
-                   window_nll=[m for m, _ in w])
-        if ref is not None:
-            row["delta_vs"] = "float" if max_kv is None else "float, same max_kv_size"
-        rows.append(row)
-        change = (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
-                 if ref else "")
-        log(f"  {section} {row['setting']}"
-            f"{'' if max_kv is None else f' max_kv_size={max_kv}'}: "
-            f"ppl {row['ppl']:.3f} ± {row['se']:.3f}{change} [{dt:.0f}s]")
-        return w
-
-    t = time.perf_counter()
-    if budget and not quick:
-        # Time one float window, then take as many windows as the budget allows.
-        t = time.perf_counter()
-        first = window_stats(model, data[:1], args(None, 64))
-        spt = (time.perf_counter() - t) / (p["seq"] - 1)
-        (w, wb), est = choose_windows(p, spt, budget - (time.perf_counter() - t))
-        if (w, wb) != (p["windows"], p["bwindows"]):
-            log(f"  budget {budget / 60:.1f} min at {1 / spt:.0f} tok/s: {w} windows of "
-                f"{p['seq']} (planned {p['windows']}), {wb} of {p['bseq']} "
-                f"(planned {p['bwindows']}), est. {est / 60:.1f} min")
-        p.update(planned_windows=p["windows"], planned_bwindows=p["bwindows"],
-                 windows=w, bwindows=wb, float_tok_per_s=1 / spt,
-                 budget_seconds=round(budget))
-        data, extra, bdata = data[:w], data[w:], bdata[:wb]
-        ref = measure("unbounded", None, 64, None, data[1:], None, first)
-    else:
-        extra = data[data.shape[0]:]
-        ref = measure("unbounded", None, 64, None, data, None)
-    # Group 64 first (the default and the DESIGN.md comparison), then 32.
-    for group in p["groups"]:
-        for bits in BITS:
-            for rotate in ROTATE:
-                measure("unbounded", bits, group, None, data, ref, rotate=rotate)
-    # The same settings with mx.quantize's grids (upstream's quantization)
-    for bits, rotate in MX_QUANTIZE:
-        measure("mx.quantize", bits, 64, None, data, ref, rotate=rotate, mx_quantize=True)
-    if budget and not quick:
-        # Re-fit the bounded windows to what is left of the budget, from the
-        # speed the unbounded passes actually had (the load may have changed).
-        spent = time.perf_counter() - t
-        n_unb = 1 + len(BITS) * len(p["groups"]) * len(ROTATE) + len(MX_QUANTIZE)
-        per_pass_token = spent / (n_unb * data.shape[0] * (p["seq"] - 1))
-        n_bounded = 1 + len(BOUNDED_BITS) * len(p["bsizes"])
-        fit = int((budget - spent) / (per_pass_token * n_bounded * (p["bseq"] - 1)))
-        wb = max(1, min(bdata.shape[0], fit))
-        if wb < bdata.shape[0]:
-            log(f"  {(budget - spent) / 60:.1f} min left: {wb} bounded windows of {p['bseq']}")
-            bdata = bdata[:wb]
-            p["bwindows"] = wb
-    bref = measure("bounded", None, 64, None, bdata, None)
-    for max_kv in p["bsizes"]:
-        fref = None
-        for bits, rotate in BOUNDED_BITS:
-            w = measure("bounded", bits, 64, max_kv, bdata, fref, rotate=rotate)
-            if bits is None:
-                fref = w
-        # The bounded float row: vs the unbounded float cache, same windows.
-        fb = summarize(fref, bdata.shape[1] - 1, bref)
-        frow = rows[-len(BOUNDED_BITS)]
-        frow.update(delta_pct=fb["delta_pct"], delta_se_pct=fb["delta_se_pct"],
-                    delta_vs="float unbounded")
-    targets = measure_targets(model, extra, args, stats, p,
-                              budget and budget - (time.perf_counter() - start))
-    return {"plan": p, "rows": rows, "targets": targets}
-
-
-def measure_targets(model, extra, args, stats, p, left):
-    """
-    The rotation targets' settings on the table's windows plus as many of
-    the remaining planned windows as ``left`` seconds allow (all settings on
-    a window, then the next): more windows, smaller paired errors.
-    """
-    windows = {name: list(stats[("unbounded", name, None)]) for name, _, _ in TARGETS}
-    t0 = time.perf_counter()
-    per_window = None
-    for i in range(extra.shape[0]):
-        if left is None or (per_window and time.perf_counter() - t0 + per_window > left):
-            break
-        t = time.perf_counter()
-        for name, bits, rotate in TARGETS:
-            windows[name] += window_stats(model, extra[i : i + 1], args(bits, 64, None, rotate))
-        per_window = time.perf_counter() - t
-    ref = windows["float"]
-    out = []
-    for name, w in windows.items():
-        row = summarize(w, p["seq"] - 1, None if name == "float" else ref)
-        row.update(setting=name, window_nll=[m for m, _ in w])
+        if s.name != "float":
+            row["ppl_change_pct"], row["ppl_change_se_pct"] = change(nll_ref)
+            row["kl"], row["kl_se"] = per_token("kl")
+            row["top1"], row["top1_se"] = per_token("top1")
+        bound_ref = f"float, window {s.max_kv_size:,}" if s.max_kv_size else None
+        if not s.float and bound_ref in per_window:
+            base = [w["nll"] / w["n"] for w in per_window[bound_ref]]
+            row["vs_bounded_float"] = bound_ref
+            row["ppl_change_bound_pct"], row["ppl_change_bound_se_pct"] = change(base)
+            row["kl_bound"], row["kl_bound_se"] = per_token("kl_bound")
+            row["top1_bound"], row["top1_bound_se"] = per_token("top1_bound")
         out.append(row)
-        log(f"  targets {name} ({row['windows']} windows): ppl {row['ppl']:.3f}"
-            + (f" {row['delta_pct']:+.2f}% (±{row['delta_se_pct'] or 0:.2f})"
-               if name != "float" else ""))
     return out
+
+
+def bytes_rows(model, rows, layers, contexts):
+    """
+    The bytes of each setting's cache after ``contexts`` tokens, measured
+    (``nbytes`` of the model's own caches fed as a prompt through
+    generate_step, with random keys and values) in the model's dtype and in
+    float16, next to theory (``theory_bytes``) and the planner's
+    ``cache_nbytes``.
+    """
+    import mlx.core as mx
+
+    dtype = layers[0][3]
+    out = {}
+    for s in rows:
+        row = {}
+        for t in contexts:
+            for name, dt in (("model", dtype), ("float16", mx.float16)):
+                cache = fill(model, s, layers, t, dt)
+                row[f"{name}_{t}"] = nbytes(cache)
+                row[f"{name}_{t}_theory"] = theory_bytes(layers, s, t, dt.size)
+                del cache
+            row[f"planner_{t}"] = planner_bytes(model, s, t)
+        out[s.name] = row
+    for s in rows:
+        for t in contexts:
+            out[s.name][f"vs_float16_{t}"] = (
+                out[s.name][f"float16_{t}"] / out["float"][f"float16_{t}"])
+    return out
+
+
+def run(key, quick=False, windows=None):
+    p = plan(quick)
+    if windows:
+        p["windows"] = windows
+    model, tokenizer = load_model(key)
+    rows = settings(quick)
+    layers = kv_layers(model)
+    data = text_windows(tokenizer, p["length"], p["windows"])
+    if len(data) < 2:
+        raise SystemExit("quality: fewer than 2 windows")
+    log(f"quality {key}: {len(data)} windows of {p['length']} tokens, chunks of "
+        f"{p['chunk']}, {len(rows)} settings; {describe_layers(layers)}")
+
+    t0 = time.perf_counter()
+    log("quality: bytes at " + ", ".join(map(str, p["contexts"])) + " tokens")
+    sizes = bytes_rows(model, rows, layers, p["contexts"])
+    per_window = {s.name: [] for s in rows}
+    # The bytes a window leaves, predicted by the planner for its schedule
+    end_bytes = {s.name: planner_bytes(model, s, p["length"] - 1, p["chunk"])
+                 for s in rows}
+    mismatches = []
+    for i, window in enumerate(data):
+        t = time.perf_counter()
+        sums = window_pass(model, rows, window, p["chunk"])
+        for s in rows:
+            per_window[s.name].append(sums[s.name])
+            predicted = end_bytes[s.name]
+            if predicted is not None and sums[s.name]["nbytes"] != predicted:
+                mismatches.append((s.name, i, sums[s.name]["nbytes"], predicted))
+        dt = time.perf_counter() - t
+        ref = sums["float"]
+        log(f"  window {i + 1}/{len(data)} in {dt:.0f}s "
+            f"({len(rows) * (len(window) - 1) / dt:.0f} tok/s over all settings): "
+            f"float nll {ref['nll'] / ref['n']:.3f}; "
+            + ", ".join(f"{s.name} {100 * math.expm1((sums[s.name]['nll'] - ref['nll']) / ref['n']):+.2f}%"
+                        for s in rows if s.name != "float"))
+    seconds = time.perf_counter() - t0
+    table = summarize(rows, per_window, p["length"])
+    for r in table:
+        r["bytes"] = sizes[r["setting"]]
+        r["window_end_nbytes"] = per_window[r["setting"]][0]["nbytes"]
+        r["window_end_planner"] = end_bytes[r["setting"]]
+    for m in mismatches:
+        log(f"  WARNING: {m[0]} window {m[1]}: nbytes {m[2]:,} != planner {m[3]:,}")
+    log(f"quality {key}: done in {seconds / 60:.1f} min")
+    return {
+        "model": model_name(key),
+        "layers": describe_layers(layers),
+        "plan": dict(p, windows=len(data), texts=list(TEXTS),
+                     bos=data[0][0] == tokenizer.bos_token_id,
+                     prefill_step=PREFILL_STEP),
+        "rows": table,
+        "bytes_mismatches": mismatches,
+        "seconds": round(seconds, 1),
+    }
+
+
+def planner_table(result):
+    """
+    The quality table ``mlx_lm.kv_plan --kv-quality-table`` reads: the
+    perplexity change (%) from the float cache by setting name. Bounded
+    settings too, vs the unbounded float cache (the planner looks up the
+    unbounded names; the others are there for people).
+    """
+    p = result["plan"]
+    return {
+        "model": result["model"],
+        "settings": {
+            r["setting"]: round(r["ppl_change_pct"], 3)
+            for r in result["rows"] if r["setting"] != "float"
+        },
+        "measured": (
+            f"make bench (benchmarks/bench_quality.py): perplexity change from the "
+            f"float cache, {p['windows']} windows of {p['length']} tokens of "
+            f"/usr/share/common-licenses, cache quantized from the first token, "
+            f"group size 64"
+        ),
+        "standard_error_pct": {
+            r["setting"]: round(r["ppl_change_se_pct"], 3)
+            for r in result["rows"]
+            if r["setting"] != "float" and r["ppl_change_se_pct"] is not None
+        },
+    }

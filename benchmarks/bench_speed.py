@@ -1,245 +1,150 @@
-"""Decode and prefill speed of the quantized caches, as ratios to float."""
+"""
+Decode and prefill speed of the KV cache settings on one model, as ratios
+to the float cache measured in the same run, interleaved.
+
+Decode: each setting's cache is filled as a prompt of N tokens would fill
+it (the model's own caches, random keys and values: ``bench_common.fill``),
+then the model decodes one token at a time. The settings take turns step
+by step (the order rotated each sweep), and a ratio to float is taken
+within each sweep, so all see the same load; the median and quartiles of
+the per-sweep ratios are reported.
+
+Prefill: the license text as a prompt of N tokens through each setting's
+cache as generate_step processes it (chunks of 2048, quantized from the
+first token), up to the first generated token; the settings take turns,
+the order reversed each round.
+"""
 
 import time
 
-from bench_common import HEAD_DIM, KV_HEADS, LAYERS, license_text, load_model, log, median
-
-KEEP = 4
-# (name, (key bits, value bits) or None, bounded, Hadamard-rotated)
-SETTINGS = [
-    ("float", None, False, False),
-    ("float bounded", None, True, False),
-    ("K8V8", (8, 8), False, False),
-    ("K8V8 bounded", (8, 8), True, False),
-    ("K8V4", (8, 4), False, False),
-    ("K8V4 bounded", (8, 4), True, False),
-    ("K8V4 rotated", (8, 4), False, True),
-    ("K8V4 rotated bounded", (8, 4), True, True),
-]
+from bench_common import (
+    PREFILL_STEP,
+    eval_step,
+    fill,
+    kv_layers,
+    license_text,
+    load_model,
+    log,
+    make_cache,
+    median,
+    model_name,
+    quartiles,
+    schedule,
+    settings,
+)
 
 
 def plan(quick):
     if quick:
-        return dict(contexts=[256, 1024], sweeps=6,
-                    prefill=[256, 512], prefill_rounds=1)
-    return dict(contexts=[1024, 4096, 8192, 16384], sweeps=24,
-                prefill=[1024, 4096], prefill_rounds=2)
+        return dict(contexts=[256, 512], sweeps=4, warmup=1,
+                    prefill=[128, 256], rounds=1)
+    return dict(contexts=[1024, 4096], sweeps=30, warmup=2,
+                prefill=[1024, 4096], rounds=2)
 
 
-def build_cache(bits, bounded, n, rotate=False):
-    """
-    A 30-layer cache holding ``n`` synthetic float32 positions: unbounded, or
-    a rotating cache of ``max_size = n`` that has wrapped (filled with ``n``
-    positions, then single-token steps), as a long generation leaves it.
-    """
-    import mlx.core as mx
-    from mlx_lm.models.cache import (
-        KVCache,
-        QuantizedKVCache,
-        QuantizedRotatingKVCache,
-        RotatingKVCache,
-    )
-
-    caches = []
-    one = mx.random.normal((1, KV_HEADS, 1, HEAD_DIM))
-    for _ in range(LAYERS):
-        if bounded:
-            c = (RotatingKVCache(n, KEEP) if bits is None
-                 else QuantizedRotatingKVCache(n, KEEP, 64, bits, rotate))
-        else:
-            c = KVCache() if bits is None else QuantizedKVCache(64, bits, rotate)
-        k = mx.random.normal((1, KV_HEADS, n, HEAD_DIM))
-        v = mx.random.normal((1, KV_HEADS, n, HEAD_DIM))
-        c.update_and_fetch(k, v)
-        if bounded:
-            for _ in range(3):
-                c.update_and_fetch(one, one)
-        mx.eval([c.state])
-        caches.append(c)
-    return caches
-
-
-def decode(model, cache, n):
-    """tok/s of ``n`` greedy decode steps, each evaluated."""
+def decode_step(model, cache, s, y):
+    """Seconds of one decode step (evaluated) and its token."""
     import mlx.core as mx
 
-    y = mx.array([[1]])
     t = time.perf_counter()
-    for _ in range(n):
-        logits = model(y, cache=cache)
-        y = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
-        mx.eval(y)
-    return n / (time.perf_counter() - t)
+    logits = eval_step(model, cache, s, y)
+    y = mx.argmax(logits[0, -1])[None]
+    mx.eval(y)
+    return time.perf_counter() - t, y
 
 
-def quartiles(xs):
-    """The 25th and 75th percentiles (the spread of per-sweep ratios)."""
-    import statistics
-
-    if len(xs) < 2:
-        return [xs[0], xs[0]] if xs else None
-    q = statistics.quantiles(xs, n=4)
-    return [q[0], q[2]]
-
-
-# Relative cost of a sweep at each context (for the time budget).
-WEIGHT = {1024: 1.0, 4096: 1.3, 8192: 1.7, 16384: 2.5}
-# The pairs compared step against step for their targets (a / b): bounded
-# after the wrap vs unbounded (>= 0.97x), rotated vs plain (cost < 5%).
-PAIRS = {"bounded": ("K8V4 bounded", "K8V4"), "rotated": ("K8V4 rotated", "K8V4")}
-# Share of each context's budget for the pairs, and their number.
-PAIR_SHARE, MIN_PAIRS, MAX_PAIRS = 0.4, 16, 40
-
-
-def step(model, caches, n):
-    """tok/s of one decode step; unbounded caches are trimmed back to ``n``."""
-    t = decode(model, caches, 1)
-    for c in caches:
-        if not hasattr(c, "max_size"):
-            c.trim(c.offset - n)
-    return t
-
-
-def paired_ratios(model, a, b, n, pairs):
-    """
-    tok/s of ``a`` over ``b`` in adjacent single steps, the order alternating
-    (ab, ba, ...): the two steps of a pair see the same load, which per-sweep
-    ratios of eight settings do not when other jobs come and go.
-    """
-    ratios = []
-    for i in range(pairs):
-        if i % 2 == 0:
-            ta, tb = step(model, a, n), step(model, b, n)
-        else:
-            tb, ta = step(model, b, n), step(model, a, n)
-        ratios.append(ta / tb)
-    return ratios
-
-
-def decode_speed(model, contexts, sweeps, budget=None):
+def decode_speed(model, rows, layers, n, sweeps, warmup):
     import mlx.core as mx
 
-    out = []
-    weights = [WEIGHT.get(n, n / 8192 + 0.5) for n in contexts]
-    for i, n in enumerate(contexts):
-        t0 = time.perf_counter()
-        ctx_budget = budget * weights[i] / sum(weights) if budget else None
-        caches = {name: build_cache(bits, bounded, n, rot)
-                  for name, bits, bounded, rot in SETTINGS}
-        sizes = {name: sum(c.nbytes for c in cs) for name, cs in caches.items()}
-        tps = {name: [] for name in caches}
-        names = list(caches)
-        # Interleave one step at a time: each sweep times one decode step of
-        # every setting, so all see the same load; ratios are taken per sweep.
-        target = sweeps + 2
-        pairs = MAX_PAIRS if budget is None else sweeps
-        r = 0
-        while r < target:
-            if r == 2 and ctx_budget:
-                # Fit the sweeps and the pairs in this context's share of the budget.
-                per_sweep = (time.perf_counter() - t_sweeps) / 2
-                left = ctx_budget - (time.perf_counter() - t0)
-                per_pair = 2 * per_sweep / len(names)
-                pairs = max(MIN_PAIRS, min(MAX_PAIRS, int(
-                    PAIR_SHARE * left / (len(PAIRS) * per_pair))))
-                left -= len(PAIRS) * pairs * per_pair
-                target = 2 + max(8, min(sweeps, int(left / per_sweep)))
-            if r == 0:
-                t_sweeps = time.perf_counter()
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                t = step(model, caches[name], n)
-                if r >= 2:  # two warm-up sweeps
-                    tps[name].append(t)
-            r += 1
-        # Ratios per sweep (same load), then the median over sweeps.
-        per_sweep = {n_: [a / b for a, b in zip(tps[n_], tps["float"])] for n_ in names}
-        ratios = {name: median(v) for name, v in per_sweep.items()}
-        spread = {name: quartiles(v) for name, v in per_sweep.items()}
-        bf = median([a / b for a, b in zip(tps["float bounded"], tps["float"])])
-        pair = {key: paired_ratios(model, caches[a], caches[b], n, pairs)
-                for key, (a, b) in PAIRS.items()}
-        bq, rot = median(pair["bounded"]), median(pair["rotated"])
-        row = {
-            "context": n, "sweeps": target - 2, "tok_per_s": tps, "median_tok_per_s":
-            {k: median(v) for k, v in tps.items()}, "ratio_vs_float": ratios,
-            "ratio_quartiles": spread,
-            "pairs": pairs,
-            "k8v4_bounded_vs_unbounded": bq,
-            "k8v4_bounded_vs_unbounded_quartiles": quartiles(pair["bounded"]),
-            "float_bounded_vs_unbounded": bf,
-            "k8v4_rotated_vs_plain": rot,
-            "k8v4_rotated_vs_plain_quartiles": quartiles(pair["rotated"]),
-            "cache_bytes": sizes, "seconds": round(time.perf_counter() - t0, 1),
+    dtype = layers[0][3]
+    caches = {s.name: fill(model, s, layers, n, dtype) for s in rows}
+    ys = {s.name: mx.array([1]) for s in rows}
+    times = {s.name: [] for s in rows}
+    for r in range(warmup + sweeps):
+        order = rows[r % len(rows):] + rows[: r % len(rows)]
+        for s in order:
+            dt, ys[s.name] = decode_step(model, caches[s.name], s, ys[s.name])
+            if r >= warmup:
+                times[s.name].append(dt)
+    ref = times["float"]
+    out = {}
+    for s in rows:
+        ratios = [b / a for a, b in zip(times[s.name], ref)]  # tok/s ratio
+        out[s.name] = {
+            "tok_per_s": 1 / median(times[s.name]),
+            "ratio": median(ratios),
+            "quartiles": quartiles(ratios),
+            "cache_nbytes": sum(c.nbytes for c in caches[s.name]),
         }
-        out.append(row)
-        log(f"  decode @{n}: float {row['median_tok_per_s']['float']:.1f} tok/s; "
-            + ", ".join(f"{k} x{v:.2f}" for k, v in ratios.items() if k != "float")
-            + f"; K8V4 bounded/unbounded x{bq:.3f}, rotated/plain x{rot:.3f} "
-            f"({pairs} pairs) [{row['seconds']:.0f}s]")
-        del caches
-        mx.clear_cache()
+    del caches
+    mx.clear_cache()
     return out
 
 
-def prefill_speed(model, tokenizer, lengths, rounds, budget=None):
+def prefill_once(model, s, ids):
+    """Seconds to process ``ids`` as a prompt and produce the first token."""
     import mlx.core as mx
-    from mlx_lm.generate import generate_step, maybe_quantize_kv_cache
-    from mlx_lm.models.cache import kv_head_dims, make_prompt_cache
 
-    ids = tokenizer.encode(license_text())
-    head_dims = kv_head_dims(model)
-    for _ in generate_step(mx.array(ids[:64]), model, max_tokens=1):  # warm up
-        break
-    out = []
-    start = time.perf_counter()
-    per_token = None  # seconds per prompt token of a float + K8V4 pair
-    for n in lengths:
-        prompt = mx.array(ids[:n])
-        tps = {"float": [], "K8V4": []}
-        n_rounds = rounds
-        if budget and per_token:
-            # Attention makes a token of a longer prompt dearer: scale the
-            # last length's cost per token by the length ratio.
-            left = budget - (time.perf_counter() - start)
-            cost = per_token * n * max(1.0, n / last_n)
-            n_rounds = max(1, min(rounds, int(left / cost)))
-        last_n = n
-        t_len = time.perf_counter()
-        for r in range(n_rounds):
-            order = ["float", "K8V4"] if r % 2 == 0 else ["K8V4", "float"]
-            for name in order:
-                bits = None if name == "float" else (8, 4)
-                cache = make_prompt_cache(model)
-                if bits:
-                    # Quantized from the first token: even the first chunk.
-                    maybe_quantize_kv_cache(cache, 0, 64, bits, head_dims=head_dims)
-                t = time.perf_counter()
-                for _ in generate_step(prompt, model, prompt_cache=cache, max_tokens=1,
-                                       kv_bits=bits, quantized_kv_start=0):
-                    break
-                tps[name].append(n / (time.perf_counter() - t))
-                kind = type(cache[0]).__name__
-                del cache
-                mx.clear_cache()
-        per_token = (time.perf_counter() - t_len) / n_rounds / n
-        ratio = median([a / b for a, b in zip(tps["K8V4"], tps["float"])])
-        out.append({"prompt_tokens": n, "rounds": n_rounds, "tok_per_s": tps,
-                    "median_tok_per_s": {k: median(v) for k, v in tps.items()},
-                    "ratio_k8v4_vs_float": ratio, "quantized_cache": kind})
-        log(f"  prefill {n}: float {median(tps['float']):.0f} tok/s, K8V4 x{ratio:.2f}")
+    tokens = mx.array(ids)
+    cache = make_cache(model, s)
+    t = time.perf_counter()
+    for a, b in schedule(len(ids), PREFILL_STEP):
+        logits = eval_step(model, cache, s, tokens[a:b])
+        mx.eval([c.state for c in cache], logits)
+    y = mx.argmax(logits[0, -1])
+    mx.eval(y)
+    dt = time.perf_counter() - t
+    del cache
+    mx.clear_cache()
+    return dt
+
+
+def prefill_speed(model, tokenizer, rows, n, rounds):
+    ids = tokenizer.encode(license_text())[:n]
+    assert len(ids) == n
+    prefill_once(model, rows[0], ids[:64])  # warm up
+    times = {s.name: [] for s in rows}
+    for r in range(rounds):
+        for s in rows if r % 2 == 0 else rows[::-1]:
+            times[s.name].append(prefill_once(model, s, ids))
+    ref = times["float"]
+    out = {}
+    for s in rows:
+        ratios = [b / a for a, b in zip(times[s.name], ref)]
+        out[s.name] = {
+            "tok_per_s": n / median(times[s.name]),
+            "ratio": median(ratios),
+            "ratios": [round(x, 4) for x in ratios],
+        }
     return out
 
 
-def run(quick=False, budget=None):
+def run(key, quick=False):
     p = plan(quick)
-    budget = None if quick else budget
-    model, tokenizer = load_model()
-    log("speed: decode")
-    dec = decode_speed(model, p["contexts"], p["sweeps"], budget and 0.55 * budget)
-    log("speed: prefill")
-    pre = prefill_speed(model, tokenizer, p["prefill"], p["prefill_rounds"],
-                        budget and 0.45 * budget)
-    if budget:
-        p["budget_seconds"] = round(budget)
-    return {"plan": p, "decode": dec, "prefill": pre}
+    model, tokenizer = load_model(key)
+    rows = [s for s in settings(quick) if s.speed]
+    assert rows[0].name == "float"
+    layers = kv_layers(model)
+    t0 = time.perf_counter()
+    decode = {}
+    for n in p["contexts"]:
+        t = time.perf_counter()
+        decode[str(n)] = d = decode_speed(model, rows, layers, n, p["sweeps"], p["warmup"])
+        log(f"speed {key} decode at {n}: float {d['float']['tok_per_s']:.1f} tok/s; "
+            + ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in d.items() if k != "float")
+            + f" [{time.perf_counter() - t:.0f}s]")
+    prefill = {}
+    for n in p["prefill"]:
+        t = time.perf_counter()
+        prefill[str(n)] = d = prefill_speed(model, tokenizer, rows, n, p["rounds"])
+        log(f"speed {key} prefill {n}: float {d['float']['tok_per_s']:.0f} tok/s; "
+            + ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in d.items() if k != "float")
+            + f" [{time.perf_counter() - t:.0f}s]")
+    return {
+        "model": model_name(key),
+        "plan": p,
+        "settings": [s.name for s in rows],
+        "decode": decode,
+        "prefill": prefill,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -1,96 +1,116 @@
 """
-Benchmarks of mlx-lm-kvq's quantized and bounded KV caches on the default
-model (SmolLM2-135M-Instruct, float32): quality (perplexity), memory (cache
-bytes) and speed (decode and prefill, as ratios to the float cache measured
-in the same run).
+mlx-lm-kvq benchmarks (`make bench`): quality, memory and speed of the KV
+cache settings on both trained models, SmolLM2-135M-Instruct and Gemma 3
+270M, and the default path of the fork vs pristine mlx-lm 0.32.2. Every
+number on the page is measured by these scripts; speeds are ratios taken
+within the same run.
 
-Run through tools/run (OpenBLAS, offline, MLX_LM_KVQ_DEFAULT_MODEL):
+Run through tools/run (OpenBLAS, offline, the model paths, MLX_LM_PRISTINE):
 
-    tools/run python benchmarks/run.py            # all parts, then the page
-    tools/run python benchmarks/run.py speed      # one part, then the page
-    tools/run python benchmarks/run.py page       # the page from the JSONs
-    tools/run python benchmarks/run.py --quick    # smoke run, to /tmp
+    tools/run python benchmarks/run.py                 # everything, then the page
+    tools/run python benchmarks/run.py quality memory  # some parts, then the page
+    tools/run python benchmarks/run.py page            # the page from the JSON files
+    tools/run python benchmarks/run.py --quick         # every part on minimal sizes
+    BENCH_QUICK=1 make bench                           # the same
 
-Each part saves its raw results in docs/benchmarks/<part>.json; the page
-(docs/benchmarks.md, plots in docs/benchmarks/) is rebuilt from the JSONs
-that exist, so parts can be rerun alone.
+Parts: quality (perplexity, KL, top-1, bytes; the planner's quality tables),
+memory (bytes vs theory, a long bounded generation), speed (decode and
+prefill vs float), server (8 streams float vs K8V4; 16 concurrent requests
+bounded), default (fork vs pristine with no KV flags, SmolLM2 only).
+
+Each part writes <out>/benchmarks/<part>_<model>.json, and quality
+<out>/benchmarks/kv_quality_<model>.json; the page <out>/benchmarks.md is
+rebuilt from whatever JSON files exist. <out> is docs/ of the repository,
+or /tmp/mlx-lm-kvq-bench-quick with --quick.
 """
 
 import argparse
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import DOCS, QUICK_OUT, environment, log, save_json  # noqa: E402
+import bench_common as common  # noqa: E402
 
-PARTS = ("quality", "memory", "speed", "server", "profile")
-# Parts that `all` leaves out (too long for the budget): run them by name.
-EXTRA = ("kl",)
-# Share of the time budget of each part (`all` runs them in this order).
-# Quality gets the most: 24 passes over its windows (every quantized setting
-# plain and rotated, three with mx.quantize's grids) at ~100 tok/s on 2
-# quiet cores, then the rotation targets on as many more windows as fit.
-SHARE = {"quality": 0.5, "memory": 0.12, "speed": 0.2, "server": 0.14, "profile": 0.04}
+PARTS = ("quality", "memory", "speed", "server", "default")
 
 
-def run_part(name, out, quick, argv, budget):
+def run_part(part, key, out, args):
     import importlib
 
-    module = importlib.import_module(f"bench_{name}")
-    env = environment(argv)
-    log(f"== {name}{' (quick)' if quick else ''}")
+    module = importlib.import_module(f"bench_{part}")
+    start = {"date": common.now(), "load_avg": common.loadavg()}
+    common.log(f"== {part} {key}{' (quick)' if args.quick else ''}, load {start['load_avg']}")
     t = time.perf_counter()
-    result = module.run(quick=quick, budget=budget)
+    kwargs = {"windows": args.windows} if part == "quality" else {}
+    result = module.run(key, quick=args.quick, **kwargs)
     wall = time.perf_counter() - t
-    result["meta"] = dict(env, part=name, quick=quick, wall_seconds=round(wall, 1),
-                          budget_seconds=None if quick else round(budget))
-    save_json(out / "benchmarks", name, result)
-    log(f"== {name} done in {wall / 60:.1f} min")
-    return wall
+    result["meta"] = dict(
+        common.machine(), part=part, model_key=key, quick=args.quick,
+        started=start["date"], load_avg_start=start["load_avg"],
+        load_avg_end=common.loadavg(), wall_seconds=round(wall, 1),
+        command=" ".join(shlex.quote(a) for a in ["benchmarks/run.py"] + sys.argv[1:]),
+    )
+    common.save_json(common.result_path(out, part, key), result)
+    if part == "quality":
+        import bench_quality
+
+        common.save_json(common.result_path(out, "kv_quality", key),
+                         bench_quality.planner_table(result))
+    common.log(f"== {part} {key} done in {wall / 60:.1f} min")
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "part", nargs="?", default="all", choices=("all", "page") + PARTS + EXTRA,
-        help="what to run (default: all parts, then the page)",
-    )
-    parser.add_argument(
-        "--quick", action="store_true",
-        help="small sizes, a smoke run of a couple of minutes; writes to "
-        f"{QUICK_OUT} unless --out is given",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None,
-        help=f"docs directory: <out>/benchmarks.md, <out>/benchmarks/*.json|png "
-        f"(default: {DOCS.relative_to(DOCS.parent)}/ of the repo)",
-    )
-    parser.add_argument(
-        "--budget", type=float, default=28, metavar="MINUTES",
-        help="time budget of all parts together (default: 28); each part gets its "
-        "share (" + ", ".join(f"{k} {v * 100:.0f}%%" for k, v in SHARE.items()) + ") and "
-        "scales down (fewer windows, tokens, steps; never below a floor) when the "
-        "machine is slower than planned. Ignored with --quick.",
-    )
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", choices=PARTS + ("page", "all"), default=[],
+                        help="parts to run (default: all, then the page)")
+    parser.add_argument("--quick", action="store_true",
+                        default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
+                        help="every part on minimal sizes, to test the harness "
+                        "(default with BENCH_QUICK=1); writes to "
+                        f"{common.QUICK_OUT} unless --out is given")
+    parser.add_argument("--models", default=",".join(common.MODELS),
+                        help="comma-separated models (default: %(default)s)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="quality: at most this many windows (default: all the "
+                        "texts hold)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="docs directory of the page and JSON files "
+                        "(default: docs/ of the repository)")
     args = parser.parse_args(argv)
-    out = args.out or (QUICK_OUT if args.quick else DOCS)
+    out = args.out or (common.QUICK_OUT if args.quick else common.DOCS)
+    models = [m for m in args.models.split(",") if m]
+    for m in models:
+        if m not in common.MODELS:
+            parser.error(f"unknown model {m!r}; known: {', '.join(common.MODELS)}")
+    parts = [p for p in args.parts if p != "page"]
+    if not args.parts or "all" in args.parts:
+        parts = list(PARTS)
 
     import bench_page
 
     t = time.perf_counter()
-    if args.part != "page":
-        parts = PARTS if args.part == "all" else (args.part,)
-        for name in parts:
-            run_part(name, out, args.quick, argv, SHARE.get(name, 0) * args.budget * 60)
-            bench_page.write(out)  # the page so far, in case a later part fails
-    else:
-        bench_page.write(out)
-    log(f"total {(time.perf_counter() - t) / 60:.1f} min; page: {out / 'benchmarks.md'}")
+    failed = []
+    for part in PARTS:
+        if part not in parts:
+            continue
+        for key in (["smollm2"] if part == "default" else models):
+            try:
+                run_part(part, key, out, args)
+            except Exception as e:  # the other parts go on; reported at the end
+                import traceback
+
+                traceback.print_exc()
+                failed.append(f"{part} {key}: {type(e).__name__}: {e}")
+            bench_page.write(out)
+    bench_page.write(out)
+    common.log(f"total {(time.perf_counter() - t) / 60:.1f} min; page: {out / 'benchmarks.md'}")
+    if failed:
+        sys.exit("failed:\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":
