@@ -60,6 +60,7 @@ class Setting:
     kv_bits: object = None  # None (float), N, or (keys, values)
     hadamard: bool = False
     max_kv_size: Optional[int] = None
+    float_window: int = 0  # --kv-float-window
     extra: dict = field(default_factory=dict)
     name: Optional[str] = None
     group_size: int = 64
@@ -72,7 +73,9 @@ class Setting:
             from mlx_lm.kv_plan import setting_name
 
             # As the planner names it (its --kv-quality-table keys)
-            self.name = setting_name(self.kv_bits, self.hadamard, self.max_kv_size)
+            self.name = setting_name(
+                self.kv_bits, self.hadamard, self.max_kv_size, self.float_window
+            )
 
     @property
     def float(self):
@@ -95,7 +98,7 @@ class Setting:
 
         maybe_quantize_kv_cache(
             cache, 0, self.group_size, self.kv_bits, kv_hadamard=self.hadamard,
-            **self.extra,
+            kv_float_window=self.float_window, **self.extra,
         )
 
     def flags(self):
@@ -106,6 +109,8 @@ class Setting:
             out += ["--kv-bits", f"{k},{v}" if k != v else str(k)]
             out += ["--kv-hadamard" if self.hadamard else "--no-kv-hadamard"]
             out += ["--quantized-kv-start", "0"]
+            # Always given: the command line's default may differ
+            out += ["--kv-float-window", str(self.float_window)]
             if self.group_size != 64:
                 out += ["--kv-group-size", str(self.group_size)]
         if self.max_kv_size is not None:
@@ -115,8 +120,7 @@ class Setting:
 
 # The settings every part measures. Add a row here to add a setting to the
 # quality table, the planner's table and the memory table; with speed=True
-# to the speed tables too. E.g. the float window being written:
-#   Setting(4, True, extra={"kv_float_window": 64}, name="K4V4 hadamard R64"),
+# to the speed tables too.
 def settings(quick=False):
     bound = QUICK_BOUND if quick else BOUND
     rows = [
@@ -129,8 +133,16 @@ def settings(quick=False):
         Setting((5, 4), True),
         Setting(4),
         Setting(4, True, speed=True),
+        # A float window of the most recent positions (--kv-float-window)
+        Setting((8, 4), True, float_window=32),
+        Setting((8, 4), True, float_window=64, speed=True),
+        Setting((6, 4), True, float_window=64),
+        Setting(4, True, float_window=32),
+        Setting(4, True, float_window=64, speed=True),
+        Setting(4, True, float_window=128),
         Setting(None, max_kv_size=bound, speed=True),
         Setting((8, 4), True, max_kv_size=bound, speed=True),
+        Setting(4, True, max_kv_size=bound, float_window=64, speed=True),
     ]
     names = [s.name for s in rows]
     assert len(set(names)) == len(names), f"duplicate setting names: {names}"

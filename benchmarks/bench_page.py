@@ -160,6 +160,44 @@ def summary(data, key):
     return lines
 
 
+# Memory classes of the goals: (name, largest fraction of a float16 cache at
+# the longest context, goal in percent of ppl change per model)
+CLASSES = (
+    ("4-bit class (about 0.30 of float16)", 0.33, {"smollm2": 3.0, "gemma3": 5.0}),
+    ("K8V4 class (about 0.41 of float16)", 0.42, {"smollm2": 0.2, "gemma3": 0.2}),
+)
+
+
+def goals(data):
+    """Per memory class and model: the best unbounded setting within the
+    class's bytes, and whether it meets the goal."""
+    rows = []
+    for name, limit, goal in CLASSES:
+        for key in MODELS:
+            q = data.get(("quality", key))
+            if not q:
+                continue
+            ctx = q["plan"].get("contexts", [4096])[-1]
+            ok = [r for r in q["rows"] if r["kv_bits"] and not r["max_kv_size"]
+                  and bytes_fraction(r, ctx) <= limit]
+            if not ok:
+                continue
+            best = min(ok, key=lambda r: r["ppl_change_pct"])
+            met = best["ppl_change_pct"] <= goal[key]
+            rows.append([name, TITLES[key], best["setting"],
+                         f"{bytes_fraction(best, ctx):.3f}",
+                         pct(best["ppl_change_pct"], best["ppl_change_se_pct"]),
+                         f"≤ {pct(goal[key])}", "met" if met else "**missed**"])
+    if not rows:
+        return []
+    return ["## Goals", "",
+            "The best measured setting of each memory class (bytes at the longest "
+            "context of the quality tables, vs a float16 cache; unbounded caches), and the "
+            "goal of its class:", ""] + table(
+        ["class", "model", "best setting", "of float16", "ppl vs float", "goal", ""],
+        rows) + [""]
+
+
 def differences(data):
     """Where the advice differs between the two models."""
     qs = {key: data.get(("quality", key)) for key in MODELS}
@@ -592,6 +630,7 @@ def write(out):
     diff = differences(data)
     if diff:
         lines += ["**Where the two models differ**", ""] + [f"- {x}" for x in diff] + [""]
+    lines += goals(data)
 
     lines += ["## Quality", ""]
     img = quality_plot(data, out)

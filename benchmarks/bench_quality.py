@@ -108,6 +108,7 @@ def summarize(rows, per_window, tokens):
             "group_size": None if s.float else s.group_size,
             "hadamard": s.hadamard,
             "max_kv_size": s.max_kv_size,
+            "float_window": s.float_window,
             "extra": s.extra,
             "speed": s.speed,
             "windows": len(ws),
