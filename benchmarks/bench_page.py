@@ -42,6 +42,15 @@ def table(head, rows):
     return lines
 
 
+def save_plot(plt, fig, out, name):
+    """Write ``fig`` to <out>/benchmarks/<name>; its path from the page."""
+    path = out / "benchmarks" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"benchmarks/{name}"
+
+
 def pyplot():
     try:
         import matplotlib
@@ -368,11 +377,7 @@ def quality_plot(data, out):
         ax.set_title(f"{TITLES[key]} (orange: Hadamard)", fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = out / "benchmarks" / "quality.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return "benchmarks/quality.png"
+    return save_plot(plt, fig, out, "quality.png")
 
 
 def memory_section(data, key):
@@ -461,11 +466,7 @@ def memory_plot(data, out):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "benchmarks" / "memory.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return "benchmarks/memory.png"
+    return save_plot(plt, fig, out, "memory.png")
 
 
 def server_memory_section(data, key):
